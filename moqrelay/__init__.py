@@ -1,0 +1,3 @@
+"""moqrelay: a Media over QUIC relay on Twisted."""
+
+__version__ = "0.1.0"

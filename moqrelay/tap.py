@@ -1,0 +1,243 @@
+"""Application layer: the twistd command line (Options) and makeService, nothing else."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.application.service import IService
+from twisted.internet.interfaces import IReactorCore
+from twisted.python import usage
+
+from moqrelay.tls import CertificateError, load_chain
+
+DEFAULT_BIND = "[::]:4443"
+DEV_BIND = "127.0.0.1:4443"
+ANNOUNCE_SCHEMES = ("moqt", "https", "wss", "ws")
+
+
+def parse_bind(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 in brackets) to ``(host, port)``; ValueError if malformed."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"port {port} out of range")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ipaddress.ip_address(host).version != 6:
+            raise ValueError(f"{value!r}: brackets are for IPv6 addresses")
+    elif host == "":
+        host = "::"
+    else:
+        ipaddress.ip_address(host)
+    return host, port
+
+
+def _positive(kind: type, name: str) -> Any:
+    def coerce(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise ValueError(f"--{name} needs a number, not {value!r}") from None
+        if number <= 0:
+            raise ValueError(f"--{name} must be positive")
+        return number
+
+    coerce.coerceDoc = "Must be positive."  # type: ignore[attr-defined]
+    return coerce
+
+
+class Options(usage.Options):
+    synopsis = (
+        "[--bind HOST:PORT] (--tls-cert CERT --tls-key KEY ... | --dev) "
+        "[--announce URL] [--listen ENDPOINT ...] [limits]"
+    )
+    longdesc = (
+        "Relay Media over QUIC (MoQT draft-14) tracks from publishers to viewers over raw "
+        "QUIC (ALPN moq-00) and WebTransport on the UDP port of --bind, and over the "
+        "WebSocket 'webtransport' polyfill on the TCP port of --bind (TLS) and on every "
+        "--listen endpoint."
+    )
+
+    optFlags = [
+        [
+            "dev",
+            None,
+            "Development mode: bind 127.0.0.1:4443 unless --bind is given, "
+            "generate a self-signed ECDSA certificate valid 10 days, serve GET /fingerprint.",
+        ],
+        ["quic-retry", None, "Answer new QUIC connections with a Retry (address validation)."],
+        [
+            "strict-filters",
+            None,
+            "Start Largest Object subscriptions after the largest object, "
+            "as the draft says, instead of at the first object of the current group.",
+        ],
+    ]
+
+    optParameters = [
+        [
+            "bind",
+            "b",
+            None,
+            f"HOST:PORT for UDP (QUIC, WebTransport) and TCP (HTTPS, "
+            f"WebSocket). Default {DEFAULT_BIND} ({DEV_BIND} with --dev).",
+        ],
+        [
+            "announce",
+            None,
+            None,
+            "URL of an upstream relay (moqt://, https://, wss://) to "
+            "announce local namespaces to and pull unknown tracks from.",
+        ],
+        [
+            "setup-timeout",
+            None,
+            10.0,
+            "Seconds a new session has to complete SETUP.",
+            _positive(float, "setup-timeout"),
+        ],
+        [
+            "idle-timeout",
+            None,
+            30.0,
+            "Seconds of silence before a QUIC session is dropped; WebSocket pings at half this.",
+            _positive(float, "idle-timeout"),
+        ],
+        [
+            "request-window",
+            None,
+            100,
+            "Requests a peer may have ahead of completion (MAX_REQUEST_ID window).",
+            _positive(int, "request-window"),
+        ],
+        [
+            "max-subscriptions",
+            None,
+            1000,
+            "Subscriptions per session.",
+            _positive(int, "max-subscriptions"),
+        ],
+        [
+            "max-namespaces",
+            None,
+            100,
+            "Announced namespaces per session.",
+            _positive(int, "max-namespaces"),
+        ],
+        [
+            "max-streams",
+            None,
+            10000,
+            "Concurrent incoming data streams per session.",
+            _positive(int, "max-streams"),
+        ],
+        ["cache-groups", None, 4, "Groups cached per track.", _positive(int, "cache-groups")],
+        ["cache-bytes", None, 64 << 20, "Bytes cached per track.", _positive(int, "cache-bytes")],
+        [
+            "max-queued-bytes",
+            None,
+            1 << 20,
+            "Bytes queued per viewer before it counts as slow.",
+            _positive(int, "max-queued-bytes"),
+        ],
+        [
+            "max-lag-groups",
+            None,
+            1,
+            "Groups a slow viewer may lag before it skips ahead.",
+            _positive(int, "max-lag-groups"),
+        ],
+        [
+            "max-skipped-groups",
+            None,
+            8,
+            "Groups a viewer may skip before PUBLISH_DONE TOO_FAR_BEHIND.",
+            _positive(int, "max-skipped-groups"),
+        ],
+        [
+            "drain-timeout",
+            None,
+            5.0,
+            "Seconds to finish in-flight streams after a track ends.",
+            _positive(float, "drain-timeout"),
+        ],
+        [
+            "max-message-size",
+            None,
+            1 << 20,
+            "Largest WebSocket message accepted, in bytes.",
+            _positive(int, "max-message-size"),
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["tls-cert"] = []
+        self["tls-key"] = []
+        self["listen"] = []
+        self["chains"] = []
+
+    def opt_tls_cert(self, path: str) -> None:
+        """PEM certificate chain (leaf first); repeat with --tls-key for SNI."""
+        self["tls-cert"].append(path)
+
+    def opt_tls_key(self, path: str) -> None:
+        """PEM private key for the --tls-cert at the same position."""
+        self["tls-key"].append(path)
+
+    def opt_listen(self, endpoint: str) -> None:
+        """Extra Twisted endpoint for HTTP/WebSocket (tcp:8080, unix:/run/moqrelay.sock);
+        repeatable."""
+        self["listen"].append(endpoint)
+
+    def postOptions(self) -> None:
+        bind = self["bind"] or (DEV_BIND if self["dev"] else DEFAULT_BIND)
+        try:
+            self["bind-address"] = parse_bind(bind)
+        except ValueError as e:
+            raise usage.UsageError(f"--bind: {e}") from None
+        certs, keys = self["tls-cert"], self["tls-key"]
+        if len(certs) != len(keys):
+            raise usage.UsageError(
+                f"--tls-cert and --tls-key come in pairs ({len(certs)} certificates, "
+                f"{len(keys)} keys)"
+            )
+        if not certs and not self["dev"]:
+            raise usage.UsageError(
+                "give --tls-cert and --tls-key, or --dev for a test certificate"
+            )
+        for cert, key in zip(certs, keys, strict=True):
+            for path in (cert, key):
+                if not os.access(path, os.R_OK):
+                    raise usage.UsageError(f"cannot read {path}")
+            try:
+                self["chains"].append(load_chain(cert, key))
+            except CertificateError as e:
+                raise usage.UsageError(str(e)) from None
+        announce = self["announce"]
+        if announce is not None:
+            parts = urlsplit(announce)
+            if parts.scheme not in ANNOUNCE_SCHEMES or not parts.hostname:
+                raise usage.UsageError(
+                    f"--announce: {announce!r} is not a moqt://, https://, wss:// or ws:// URL"
+                )
+        for endpoint in self["listen"]:
+            if ":" not in endpoint:
+                raise usage.UsageError(f"--listen: {endpoint!r} is not an endpoint string")
+
+
+def makeService(options: Options, reactor: IReactorCore | None = None) -> IService:
+    """Build the relay's service tree from parsed options."""
+    from moqrelay.service import RelayService
+
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    assert reactor is not None
+    return RelayService.from_options(options, reactor)

@@ -1,0 +1,118 @@
+"""Tests for moqrelay.tap and the twistd plugin: options, validation, the service tree."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.application.service import IServiceMaker
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from moqrelay import tap
+from moqrelay.tls import generate_dev_chain
+
+
+class PluginTests(SynchronousTestCase):
+    def test_twistd_finds_the_plugin(self) -> None:
+        import twisted.plugins
+
+        makers = {p.tapname: p for p in getPlugins(IServiceMaker, twisted.plugins)}
+        self.assertIn("moqrelay", makers)
+        self.assertEqual(makers["moqrelay"].options, tap.Options)
+
+
+class ParseBindTests(SynchronousTestCase):
+    def test_forms(self) -> None:
+        self.assertEqual(tap.parse_bind("[::]:4443"), ("::", 4443))
+        self.assertEqual(tap.parse_bind("127.0.0.1:0"), ("127.0.0.1", 0))
+        self.assertEqual(tap.parse_bind(":443"), ("::", 443))
+        self.assertEqual(tap.parse_bind("[::1]:1"), ("::1", 1))
+
+    def test_nonsense(self) -> None:
+        for bad in ("4443", "host:port", "1.2.3.4:70000", "[1.2.3.4]:1", "example.com:1", "::1:"):
+            self.assertRaises(ValueError, tap.parse_bind, bad)
+
+
+class OptionsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        chain = generate_dev_chain()
+        self.cert = self.mktemp()
+        self.key = self.mktemp()
+        with open(self.cert, "wb") as f:
+            f.write(chain.cert_pem)
+        with open(self.key, "wb") as f:
+            f.write(chain.key_pem)
+
+    def parse(self, *argv: str) -> tap.Options:
+        options = tap.Options()
+        options.parseOptions(list(argv))
+        return options
+
+    def test_dev_defaults_to_loopback(self) -> None:
+        options = self.parse("--dev")
+        self.assertEqual(options["bind-address"], ("127.0.0.1", 4443))
+        self.assertEqual(options["chains"], [])
+
+    def test_default_bind_is_all_interfaces(self) -> None:
+        options = self.parse("--tls-cert", self.cert, "--tls-key", self.key)
+        self.assertEqual(options["bind-address"], ("::", 4443))
+        self.assertEqual(len(options["chains"]), 1)
+        self.assertIn("localhost", options["chains"][0].names)
+
+    def test_repeatable_pairs_and_listen(self) -> None:
+        options = self.parse(
+            "--tls-cert", self.cert, "--tls-key", self.key,
+            "--tls-cert", self.cert, "--tls-key", self.key,
+            "--listen", "tcp:8080", "--listen", "unix:/tmp/x.sock",
+        )  # fmt: skip
+        self.assertEqual(len(options["chains"]), 2)
+        self.assertEqual(options["listen"], ["tcp:8080", "unix:/tmp/x.sock"])
+
+    def test_limits_are_numbers(self) -> None:
+        options = self.parse("--dev", "--cache-groups", "7", "--drain-timeout", "1.5")
+        self.assertEqual(options["cache-groups"], 7)
+        self.assertEqual(options["drain-timeout"], 1.5)
+
+    def assertUsageError(self, fragment: str, *argv: str) -> None:
+        e = self.assertRaises(usage.UsageError, self.parse, *argv)
+        self.assertIn(fragment, str(e))
+
+    def test_rejections(self) -> None:
+        self.assertUsageError("--dev", "--bind", "127.0.0.1:1")
+        self.assertUsageError("pairs", "--tls-cert", self.cert)
+        missing = "/nonexistent.pem"
+        self.assertUsageError("cannot read", "--tls-cert", missing, "--tls-key", self.key)
+        self.assertUsageError("--bind", "--dev", "--bind", "nowhere")
+        self.assertUsageError("--announce", "--dev", "--announce", "ftp://x/")
+        self.assertUsageError("endpoint", "--dev", "--listen", "8080")
+        self.assertUsageError("positive", "--dev", "--cache-groups", "0")
+        self.assertUsageError("number", "--dev", "--cache-groups", "many")
+
+    def test_key_that_does_not_match(self) -> None:
+        other = generate_dev_chain()
+        key = self.mktemp()
+        with open(key, "wb") as f:
+            f.write(other.key_pem)
+        self.assertUsageError("does not match", "--tls-cert", self.cert, "--tls-key", key)
+
+    def test_unreadable_key_file(self) -> None:
+        if os.geteuid() == 0:
+            garbage = self.mktemp()
+            with open(garbage, "wb") as f:
+                f.write(b"not a key")
+            self.assertUsageError("private key", "--tls-cert", self.cert, "--tls-key", garbage)
+        else:
+            os.chmod(self.key, 0)
+            self.assertUsageError("cannot read", "--tls-cert", self.cert, "--tls-key", self.key)
+
+    def test_help_documents_every_option(self) -> None:
+        text = str(tap.Options())
+        for name in (
+            "bind", "tls-cert", "tls-key", "announce", "dev", "listen", "quic-retry",
+            "setup-timeout", "idle-timeout", "request-window", "max-subscriptions",
+            "max-namespaces", "max-streams", "cache-groups", "cache-bytes", "max-queued-bytes",
+            "max-lag-groups", "max-skipped-groups", "drain-timeout", "max-message-size",
+            "strict-filters",
+        ):  # fmt: skip
+            self.assertIn(f"--{name}", text)

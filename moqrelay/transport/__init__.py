@@ -1,0 +1,1 @@
+"""Transport adapters that all present one session interface (see interfaces.py)."""

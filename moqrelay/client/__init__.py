@@ -1,0 +1,1 @@
+"""Publisher and subscriber API and command-line tools."""

@@ -1,0 +1,387 @@
+"""Client layer: a MoQT draft-14 publisher and subscriber on one session, any transport.
+
+`MoqtClient` is the `SessionApp` of a client session. As a publisher it
+announces namespaces and answers the relay's SUBSCRIBEs for the tracks it
+offers (`TrackPublisher`); as a subscriber it subscribes and hands every
+received object to a callback (`ClientSubscription`). Requests return
+Deferreds that fire on the peer's answer and fail with `RequestRejected`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from moqrelay.session import IncomingData, MoqtSession
+from moqrelay.transport.interfaces import IStream
+from moqrelay.wire import control as c
+from moqrelay.wire.control import Location, Namespace
+from moqrelay.wire.data import (
+    STATUS_NORMAL,
+    FetchObject,
+    ObjectDatagram,
+    ObjectRecord,
+    SubgroupHeader,
+    encode_subgroup_header,
+    encode_subgroup_object,
+)
+from moqrelay.wire.errors import PublishDoneCode, StreamResetCode, SubscribeErrorCode
+
+_log = Logger()
+
+
+class RequestRejected(Exception):
+    """The peer answered a request with an error message."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{reason} (code {code:#x})")
+        self.code = code
+        self.reason = reason
+
+
+class SessionLost(Exception):
+    """The session ended before the request was answered."""
+
+
+@dataclass(slots=True)
+class ReceivedObject:
+    group_id: int
+    subgroup_id: int
+    object_id: int
+    payload: bytes
+    status: int
+    extensions: bytes
+
+
+ObjectCallback = Callable[[ReceivedObject], None]
+
+
+class ClientSubscription:
+    """A subscription this client made; objects go to ``on_object``."""
+
+    def __init__(
+        self, client: MoqtClient, namespace: Namespace, name: bytes, on_object: ObjectCallback
+    ) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.name = name
+        self.on_object = on_object
+        self.request_id = -1
+        self.alias: int | None = None
+        self.largest: Location | None = None
+        self.ok: Deferred[ClientSubscription] = Deferred()
+        self.done: Deferred[c.PublishDone] = Deferred()
+        self.streams_seen = 0
+
+    def unsubscribe(self) -> None:
+        self.client._end_subscription(self)
+        self.client.session.send(c.Unsubscribe(self.request_id))
+
+
+class _Subgroup:
+    """One open subgroup stream of a published track, to one subscriber."""
+
+    __slots__ = ("next_id", "stream")
+
+    def __init__(self, stream: IStream, next_id: int) -> None:
+        self.stream = stream
+        self.next_id = next_id
+
+
+class _Downstream:
+    """One subscriber's subscription to a track we publish."""
+
+    def __init__(self, request_id: int, alias: int) -> None:
+        self.request_id = request_id
+        self.alias = alias
+        self.subgroups: dict[tuple[int, int], _Subgroup] = {}
+        self.streams_opened = 0
+
+
+class TrackPublisher:
+    """A track this client offers; every subscriber gets every object sent."""
+
+    def __init__(
+        self, client: MoqtClient, namespace: Namespace, name: bytes, priority: int = 128
+    ) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.name = name
+        self.priority = priority
+        self.largest: Location | None = None
+        self.subscribers: dict[int, _Downstream] = {}
+        self.subscribed: Deferred[None] = Deferred()
+        self._next_alias = 0
+
+    def _subscribe(self, msg: c.Subscribe) -> None:
+        alias = self._next_alias
+        self._next_alias += 1
+        self.subscribers[msg.request_id] = _Downstream(msg.request_id, alias)
+        self.client.session.send(
+            c.SubscribeOk(msg.request_id, alias, 0, c.GROUP_ORDER_ASCENDING, self.largest, [])
+        )
+        if not self.subscribed.called:
+            self.subscribed.callback(None)
+
+    def send_object(
+        self,
+        group_id: int,
+        object_id: int,
+        payload: bytes,
+        *,
+        subgroup_id: int = 0,
+        status: int = STATUS_NORMAL,
+    ) -> None:
+        """Send one object to every subscriber, on its subgroup stream."""
+        location = Location(group_id, object_id)
+        if self.largest is None or location > self.largest:
+            self.largest = location
+        session = self.client.session
+        for down in self.subscribers.values():
+            key = (group_id, subgroup_id)
+            sub = down.subgroups.get(key)
+            if sub is None or sub.next_id != object_id:
+                if sub is not None:
+                    sub.stream.finish()
+                stream = session.open_uni_stream()
+                down.streams_opened += 1
+                stream.write(
+                    encode_subgroup_header(
+                        down.alias, group_id, subgroup_id, self.priority, extensions=False
+                    )
+                    + encode_subgroup_object(object_id, payload, extensions=None, status=status)
+                )
+                down.subgroups[key] = _Subgroup(stream, object_id + 1)
+            else:
+                sub.stream.write(
+                    encode_subgroup_object(0, payload, extensions=None, status=status)
+                )
+                sub.next_id = object_id + 1
+
+    def end_subgroup(self, group_id: int, subgroup_id: int = 0) -> None:
+        for down in self.subscribers.values():
+            sub = down.subgroups.pop((group_id, subgroup_id), None)
+            if sub is not None:
+                sub.stream.finish()
+
+    def end(self, status: int = PublishDoneCode.TRACK_ENDED, reason: str = "") -> None:
+        """Finish every open stream, then PUBLISH_DONE to every subscriber."""
+        for request_id, down in list(self.subscribers.items()):
+            for sub in down.subgroups.values():
+                sub.stream.finish()
+            down.subgroups = {}
+            self.client.session.send(
+                c.PublishDone(request_id, status, down.streams_opened, reason)
+            )
+        self.subscribers = {}
+
+    def _unsubscribe(self, request_id: int) -> None:
+        down = self.subscribers.pop(request_id, None)
+        if down is not None:
+            for sub in down.subgroups.values():
+                sub.stream.reset(StreamResetCode.CANCELLED)
+
+
+class MoqtClient:
+    """The SessionApp of a client session (publisher, subscriber or both)."""
+
+    def __init__(self, session: MoqtSession) -> None:
+        self.session = session
+        self.ready: Deferred[MoqtClient] = Deferred()
+        self.closed: Deferred[tuple[int, str]] = Deferred()
+        self.tracks: dict[tuple[Namespace, bytes], TrackPublisher] = {}
+        self.subscriptions: dict[int, ClientSubscription] = {}
+        self._by_alias: dict[int, ClientSubscription] = {}
+        self._pending: dict[int, Deferred[Any]] = {}
+        self._published_by_request: dict[int, TrackPublisher] = {}
+        self.goaway: c.GoAway | None = None
+
+    # -- API -------------------------------------------------------------------
+
+    def announce(self, namespace: Namespace) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+
+        def make(request_id: int) -> c.ControlMessage:
+            self._pending[request_id] = d
+            return c.PublishNamespace(request_id, namespace, [])
+
+        self.session.send_request(make)
+        return d
+
+    def offer_track(self, namespace: Namespace, name: bytes) -> TrackPublisher:
+        track = TrackPublisher(self, namespace, name)
+        self.tracks[(namespace, name)] = track
+        return track
+
+    def subscribe(
+        self,
+        namespace: Namespace,
+        name: bytes,
+        on_object: ObjectCallback,
+        *,
+        filter_type: int = c.FILTER_LARGEST_OBJECT,
+        start: Location | None = None,
+        end_group: int | None = None,
+        priority: int = 128,
+        group_order: int = c.GROUP_ORDER_ASCENDING,
+    ) -> Deferred[ClientSubscription]:
+        sub = ClientSubscription(self, namespace, name, on_object)
+
+        def make(request_id: int) -> c.ControlMessage:
+            sub.request_id = request_id
+            self.subscriptions[request_id] = sub
+            return c.Subscribe(
+                request_id,
+                namespace,
+                name,
+                priority,
+                group_order,
+                True,
+                filter_type,
+                start,
+                end_group,
+                [],
+            )
+
+        self.session.send_request(make)
+        return sub.ok
+
+    def close(self) -> None:
+        self.session.close(0, "client done")
+
+    # -- SessionApp ------------------------------------------------------------
+
+    def session_ready(self) -> None:
+        self.ready.callback(self)
+
+    def control_message(self, msg: c.ControlMessage) -> None:
+        if isinstance(msg, c.PublishNamespaceOk):
+            self._answer(msg.request_id, None)
+        elif isinstance(msg, c.PublishNamespaceError):
+            self._reject(msg.request_id, msg.error_code, msg.reason)
+        elif isinstance(msg, c.SubscribeOk):
+            sub = self.subscriptions.get(msg.request_id)
+            if sub is not None:
+                sub.alias = msg.track_alias
+                sub.largest = msg.largest
+                self._by_alias[msg.track_alias] = sub
+                sub.ok.callback(sub)
+        elif isinstance(msg, c.SubscribeError):
+            sub = self.subscriptions.pop(msg.request_id, None)
+            if sub is not None:
+                sub.ok.errback(RequestRejected(msg.error_code, msg.reason))
+        elif isinstance(msg, c.PublishDone):
+            # The alias stays known: objects may still be in flight on their streams.
+            sub = self.subscriptions.pop(msg.request_id, None)
+            if sub is not None:
+                sub.done.callback(msg)
+        elif isinstance(msg, c.Subscribe):
+            self._on_subscribe(msg)
+        elif isinstance(msg, c.Unsubscribe):
+            for track in self.tracks.values():
+                track._unsubscribe(msg.request_id)
+        elif isinstance(msg, c.GoAway):
+            self.goaway = msg
+        elif isinstance(msg, (c.Fetch, c.TrackStatus, c.SubscribeNamespace, c.Publish)):
+            self._refuse(msg)
+
+    def _on_subscribe(self, msg: c.Subscribe) -> None:
+        track = self.tracks.get((msg.namespace, msg.track_name))
+        if track is None:
+            self.session.send(
+                c.SubscribeError(
+                    msg.request_id, SubscribeErrorCode.TRACK_DOES_NOT_EXIST, "no such track"
+                )
+            )
+            return
+        track._subscribe(msg)
+
+    def _refuse(self, msg: c.Fetch | c.TrackStatus | c.SubscribeNamespace | c.Publish) -> None:
+        if isinstance(msg, c.Fetch):
+            self.session.send(c.FetchError(msg.request_id, 0x3, "not supported by this client"))
+        elif isinstance(msg, c.TrackStatus):
+            self.session.send(c.TrackStatusError(msg.request_id, 0x3, "not supported"))
+        elif isinstance(msg, c.SubscribeNamespace):
+            self.session.send(c.SubscribeNamespaceError(msg.request_id, 0x3, "not supported"))
+        else:
+            self.session.send(c.PublishError(msg.request_id, 0x3, "not supported"))
+
+    def data_header(self, stream: IncomingData) -> None:
+        header = stream.header
+        if not isinstance(header, SubgroupHeader):
+            stream.stop(StreamResetCode.CANCELLED)
+            return
+        sub = self._by_alias.get(header.track_alias)
+        if sub is None:
+            stream.stop(StreamResetCode.CANCELLED)
+            return
+        sub.streams_seen += 1
+        stream.context = sub
+
+    def data_object(self, stream: IncomingData, obj: ObjectRecord | FetchObject) -> None:
+        sub = stream.context
+        header = stream.header
+        if isinstance(sub, ClientSubscription) and isinstance(header, SubgroupHeader):
+            subgroup_id = header.subgroup_id if header.subgroup_id is not None else obj.object_id
+            sub.on_object(
+                ReceivedObject(
+                    header.group_id,
+                    subgroup_id,
+                    obj.object_id,
+                    obj.payload,
+                    obj.status,
+                    obj.extensions,
+                )
+            )
+
+    def data_end(self, stream: IncomingData, reset_code: int | None) -> None:
+        """Subgroup boundaries need no action here."""
+
+    def datagram(self, datagram: ObjectDatagram) -> None:
+        sub = self._by_alias.get(datagram.track_alias)
+        if sub is not None:
+            status = datagram.status if datagram.status is not None else STATUS_NORMAL
+            sub.on_object(
+                ReceivedObject(
+                    datagram.group_id,
+                    datagram.object_id,
+                    datagram.object_id,
+                    datagram.payload,
+                    status,
+                    datagram.extensions,
+                )
+            )
+
+    def session_ended(self, code: int, reason: str) -> None:
+        pending, self._pending = self._pending, {}
+        for d in pending.values():
+            d.errback(SessionLost(reason))
+        subs, self.subscriptions = self.subscriptions, {}
+        self._by_alias = {}
+        for sub in subs.values():
+            if not sub.ok.called:
+                sub.ok.errback(SessionLost(reason))
+        if not self.ready.called:
+            self.ready.errback(SessionLost(f"{reason} (code {code:#x})"))
+        self.closed.callback((code, reason))
+
+    # -- internals -------------------------------------------------------------
+
+    def _answer(self, request_id: int, value: object) -> None:
+        d = self._pending.pop(request_id, None)
+        if d is not None:
+            d.callback(value)
+
+    def _reject(self, request_id: int, code: int, reason: str) -> None:
+        d = self._pending.pop(request_id, None)
+        if d is not None:
+            d.errback(RequestRejected(code, reason))
+
+    def _end_subscription(self, sub: ClientSubscription) -> None:
+        self.subscriptions.pop(sub.request_id, None)
+        if sub.alias is not None and self._by_alias.get(sub.alias) is sub:
+            del self._by_alias[sub.alias]

@@ -1,0 +1,1 @@
+"""The relay proper: transport-agnostic tracks, namespaces, subscriptions and teardown."""

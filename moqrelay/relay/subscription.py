@@ -1,0 +1,212 @@
+"""Relay layer: one downstream subscription (a viewer's SUBSCRIBE to a track).
+
+It applies the filter, gives the viewer its track alias (= its request id),
+opens one `DownstreamStream` per subgroup it serves, bounds how far a slow
+viewer may lag (skip to the newest group, then TOO_FAR_BEHIND), and sends
+PUBLISH_DONE only after all of its streams are closed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.internet.interfaces import IDelayedCall
+
+from moqrelay.relay.serve import DownstreamStream, SessionWriter
+from moqrelay.relay.tracks import Subgroup, Track
+from moqrelay.wire import control as c
+from moqrelay.wire.control import Location
+from moqrelay.wire.errors import PublishDoneCode, StreamResetCode
+
+if TYPE_CHECKING:
+    from moqrelay.relay.hub import RelayConfig, RelayPeer
+    from moqrelay.session import MoqtSession
+
+UNKNOWN_STREAM_COUNT = (1 << 62) - 1
+
+
+class Subscription:
+    """A viewer's subscription to one relay track."""
+
+    PENDING, ACTIVE, DRAINING, CLOSED = "pending", "active", "draining", "closed"
+
+    def __init__(self, peer: RelayPeer, track: Track, msg: c.Subscribe) -> None:
+        self.peer = peer
+        self.track = track
+        self.request_id = msg.request_id
+        self.alias = msg.request_id
+        self.priority = msg.subscriber_priority
+        self.group_order = msg.group_order
+        self.forward = bool(msg.forward)
+        self.filter_type = msg.filter_type
+        self.requested_start = msg.start
+        self.end_group = msg.end_group if msg.filter_type == c.FILTER_ABSOLUTE_RANGE else None
+        self.start = Location(0, 0)
+        self.state = Subscription.PENDING
+        self.streams: dict[Subgroup, DownstreamStream] = {}
+        self.streams_opened = 0
+        self.skipped_groups = 0
+        self.done_status: int = PublishDoneCode.TRACK_ENDED
+        self.done_reason = ""
+        self._drain_timer: IDelayedCall | None = None
+
+    @property
+    def session(self) -> MoqtSession:
+        return self.peer.session
+
+    @property
+    def writer(self) -> SessionWriter:
+        return self.peer.writer
+
+    @property
+    def config(self) -> RelayConfig:
+        return self.peer.relay.config
+
+    @property
+    def draining(self) -> bool:
+        return self.state == Subscription.DRAINING
+
+    @property
+    def descending(self) -> bool:
+        order = self.group_order or self.track.group_order
+        return order == c.GROUP_ORDER_DESCENDING
+
+    def activate(self) -> None:
+        """The track is live: answer SUBSCRIBE_OK and serve what the filter admits."""
+        if self.state != Subscription.PENDING:
+            return
+        track = self.track
+        largest = track.largest
+        if largest is None:
+            start = Location(0, 0)
+        elif self.filter_type == c.FILTER_NEXT_GROUP_START:
+            start = Location(largest.group + 1, 0)
+        elif self.filter_type == c.FILTER_LARGEST_OBJECT:
+            if self.config.join_at_group_start and largest.group in track.groups:
+                start = Location(largest.group, 0)
+            else:
+                start = Location(largest.group, largest.object + 1)
+        else:
+            assert self.requested_start is not None
+            start = self.requested_start
+        self.start = start
+        self.state = Subscription.ACTIVE
+        order = self.group_order or track.group_order
+        self.session.send(c.SubscribeOk(self.request_id, self.alias, 0, order, largest, []))
+        for subgroup in list(track.cached_subgroups(start.group)):
+            if self.state != Subscription.ACTIVE:
+                break
+            self.object_available(subgroup)
+
+    def fail(self, code: int, reason: str) -> None:
+        """The upstream subscription failed before it went live."""
+        self.state = Subscription.CLOSED
+        self.session.send(c.SubscribeError(self.request_id, code, reason))
+        self.peer.subscription_finished(self)
+
+    def object_available(self, subgroup: Subgroup) -> None:
+        """``subgroup`` has a new object (or, on activation, cached ones)."""
+        if self.state != Subscription.ACTIVE or not self.forward:
+            return
+        stream = self.streams.get(subgroup)
+        if stream is None:
+            group_id = subgroup.group_id
+            if group_id < self.start.group:
+                return
+            if self.end_group is not None and group_id > self.end_group:
+                self.end(PublishDoneCode.SUBSCRIPTION_ENDED, "end of the requested range")
+                return
+            min_object = self.start.object if group_id == self.start.group else 0
+            stream = self.streams[subgroup] = DownstreamStream(self, subgroup, min_object)
+            if self.writer.blocked():
+                self._skip_behind(group_id)
+                if self.state != Subscription.ACTIVE:
+                    return
+        stream.pump()
+
+    def subgroup_closed(self, subgroup: Subgroup) -> None:
+        stream = self.streams.get(subgroup)
+        if stream is not None:
+            stream.pump()
+
+    def _skip_behind(self, newest_group: int) -> None:
+        """A slow viewer drops groups older than its allowed lag."""
+        oldest_allowed = newest_group - self.config.max_lag_groups
+        stale = [s for s in self.streams.values() if s.subgroup.group_id < oldest_allowed]
+        if not stale:
+            return
+        skipped = {s.subgroup.group_id for s in stale}
+        for stream in stale:
+            stream.abandon(StreamResetCode.DELIVERY_TIMEOUT)
+            del self.streams[stream.subgroup]
+        self.skipped_groups += len(skipped)
+        if self.skipped_groups > self.config.max_skipped_groups:
+            self.end(PublishDoneCode.TOO_FAR_BEHIND, "viewer too far behind")
+
+    def stream_done(self, stream: DownstreamStream) -> None:
+        if self.streams.pop(stream.subgroup, None) is None:
+            return
+        if stream.stream is not None:
+            self.skipped_groups = 0
+        if self.state == Subscription.DRAINING and not self.streams:
+            self._send_done()
+
+    def end(self, status: int, reason: str) -> None:
+        """End the subscription: finish what is in flight, then PUBLISH_DONE."""
+        if self.state not in (Subscription.ACTIVE, Subscription.PENDING):
+            return
+        self.track.subscriptions.pop(self, None)
+        self.done_status = status
+        self.done_reason = reason
+        self.state = Subscription.DRAINING
+        if status == PublishDoneCode.TOO_FAR_BEHIND:
+            self._abandon_all(StreamResetCode.DELIVERY_TIMEOUT)
+        for stream in list(self.streams.values()):
+            stream.pump()
+        if not self.streams:
+            self._send_done()
+        elif self.state == Subscription.DRAINING:
+            self._drain_timer = self.peer.relay.reactor.callLater(
+                self.config.drain_timeout, self._drain_timed_out
+            )
+
+    def _drain_timed_out(self) -> None:
+        self._drain_timer = None
+        self._abandon_all(StreamResetCode.DELIVERY_TIMEOUT)
+        self._send_done()
+
+    def _abandon_all(self, code: int) -> None:
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            stream.abandon(code)
+
+    def _send_done(self) -> None:
+        if self.state == Subscription.CLOSED:
+            return
+        self.state = Subscription.CLOSED
+        self._cancel_timer()
+        self.session.send(
+            c.PublishDone(self.request_id, self.done_status, self.streams_opened, self.done_reason)
+        )
+        self.peer.subscription_finished(self)
+
+    def unsubscribe(self) -> None:
+        """UNSUBSCRIBE: reset what is open and forget the subscription (no PUBLISH_DONE)."""
+        self.state = Subscription.CLOSED
+        self._cancel_timer()
+        self.track.subscriptions.pop(self, None)
+        self._abandon_all(StreamResetCode.CANCELLED)
+        self.peer.relay.track_unwatched(self.track)
+
+    def session_gone(self) -> None:
+        """The viewer's session is closed: drop everything, nothing to send."""
+        self.state = Subscription.CLOSED
+        self._cancel_timer()
+        self.track.subscriptions.pop(self, None)
+        self.streams = {}
+        self.peer.relay.track_unwatched(self.track)
+
+    def _cancel_timer(self) -> None:
+        if self._drain_timer is not None and self._drain_timer.active():
+            self._drain_timer.cancel()
+        self._drain_timer = None

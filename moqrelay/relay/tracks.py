@@ -1,0 +1,180 @@
+"""Relay layer: tracks as the relay holds them, with a bounded cache of recent groups.
+
+A `Track` is one full track name with one upstream source. Objects arrive on
+`Subgroup`s (one per upstream subgroup stream) and are stored once, already
+encoded the way every downstream subgroup stream carries them (object id
+delta 0), so fanning an object out to N viewers costs N writes of the same
+bytes and no encoding. Only the few groups the cache keeps, plus what slow
+viewers still hold (bounded by their lag), stay in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from moqrelay.wire.control import Location
+from moqrelay.wire.data import encode_subgroup_object
+
+if TYPE_CHECKING:
+    from moqrelay.relay.hub import RelayPeer
+    from moqrelay.relay.subscription import Subscription
+
+TrackKey = tuple[tuple[bytes, ...], bytes]
+
+
+class CachedObject:
+    """One object, kept with its downstream encoding (delta 0)."""
+
+    __slots__ = ("extensions", "object_id", "payload", "status", "wire")
+
+    def __init__(
+        self, object_id: int, payload: bytes, status: int, extensions: bytes, with_ext: bool
+    ) -> None:
+        self.object_id = object_id
+        self.payload = payload
+        self.status = status
+        self.extensions = extensions
+        self.wire = self.encode(0, with_ext)
+
+    def encode(self, delta: int, with_ext: bool) -> bytes:
+        return encode_subgroup_object(
+            delta,
+            self.payload,
+            extensions=self.extensions if with_ext else None,
+            status=self.status,
+        )
+
+    def size(self) -> int:
+        return len(self.wire)
+
+
+class Subgroup:
+    """The objects of one (group, subgroup), in arrival order."""
+
+    __slots__ = (
+        "__weakref__",
+        "closed",
+        "group_id",
+        "has_extensions",
+        "objects",
+        "priority",
+        "reset_code",
+        "subgroup_id",
+    )
+
+    def __init__(
+        self, group_id: int, subgroup_id: int, priority: int, has_extensions: bool
+    ) -> None:
+        self.group_id = group_id
+        self.subgroup_id = subgroup_id
+        self.priority = priority
+        self.has_extensions = has_extensions
+        self.objects: list[CachedObject] = []
+        self.closed = False
+        self.reset_code: int | None = None
+
+
+class Group:
+    __slots__ = ("__weakref__", "bytes", "group_id", "subgroups")
+
+    def __init__(self, group_id: int) -> None:
+        self.group_id = group_id
+        self.subgroups: list[Subgroup] = []
+        self.bytes = 0
+
+
+class Track:
+    """One full track name fed by one upstream subscription."""
+
+    PENDING, LIVE, ENDED = "pending", "live", "ended"
+
+    def __init__(self, key: TrackKey, max_groups: int, max_bytes: int) -> None:
+        self.key = key
+        self.max_groups = max_groups
+        self.max_bytes = max_bytes
+        self.state = Track.PENDING
+        self.groups: dict[int, Group] = {}
+        self.cached_bytes = 0
+        self.largest: Location | None = None
+        self.group_order = 1
+        self.subscriptions: dict[Subscription, None] = {}
+        self.end_status: int | None = None
+        self.end_reason = ""
+        # The upstream subscription that feeds the track.
+        self.publisher: RelayPeer | None = None
+        self.upstream_request_id: int | None = None
+        self.alias: int | None = None
+
+    @property
+    def namespace(self) -> tuple[bytes, ...]:
+        return self.key[0]
+
+    @property
+    def name(self) -> bytes:
+        return self.key[1]
+
+    def newest_group(self) -> int | None:
+        return None if self.largest is None else self.largest.group
+
+    def open_subgroup(
+        self, group_id: int, subgroup_id: int, priority: int, has_extensions: bool
+    ) -> Subgroup:
+        group = self.groups.get(group_id)
+        if group is None:
+            group = self.groups[group_id] = Group(group_id)
+            self._evict()
+        subgroup = Subgroup(group_id, subgroup_id, priority, has_extensions)
+        group.subgroups.append(subgroup)
+        return subgroup
+
+    def add_object(
+        self, subgroup: Subgroup, object_id: int, payload: bytes, status: int, extensions: bytes
+    ) -> None:
+        if self.state == Track.ENDED:
+            return
+        obj = CachedObject(object_id, payload, status, extensions, subgroup.has_extensions)
+        subgroup.objects.append(obj)
+        group = self.groups.get(subgroup.group_id)
+        if group is not None:
+            group.bytes += obj.size()
+            self.cached_bytes += obj.size()
+        location = Location(subgroup.group_id, object_id)
+        if self.largest is None or location > self.largest:
+            self.largest = location
+        for sub in list(self.subscriptions):
+            sub.object_available(subgroup)
+        if self.cached_bytes > self.max_bytes:
+            self._evict()
+
+    def close_subgroup(self, subgroup: Subgroup, reset_code: int | None) -> None:
+        if subgroup.closed:
+            return
+        subgroup.closed = True
+        subgroup.reset_code = reset_code
+        for sub in list(self.subscriptions):
+            sub.subgroup_closed(subgroup)
+
+    def _evict(self) -> None:
+        # Always keep the newest group, whatever its size.
+        while len(self.groups) > 1 and (
+            len(self.groups) > self.max_groups or self.cached_bytes > self.max_bytes
+        ):
+            oldest = min(self.groups)
+            self.cached_bytes -= self.groups.pop(oldest).bytes
+
+    def cached_subgroups(self, start_group: int) -> Iterator[Subgroup]:
+        """Cached subgroups of groups >= start_group, oldest group first."""
+        for group_id in sorted(self.groups):
+            if group_id >= start_group:
+                yield from self.groups[group_id].subgroups
+
+    def open_subgroups(self) -> Iterator[Subgroup]:
+        for group in self.groups.values():
+            for subgroup in group.subgroups:
+                if not subgroup.closed:
+                    yield subgroup
+
+    def drop_cache(self) -> None:
+        self.groups = {}
+        self.cached_bytes = 0

@@ -1,0 +1,214 @@
+"""Application layer: the service tree (QUIC over UDP, HTTPS/WebSocket over TCP, extra endpoints).
+
+`RelayService` owns the shared `Relay`; its children listen. Stopping it stops
+listening, closes every session, and fires only once the reaper has drained,
+so nothing the relay owned outlives the service.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
+from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from moqrelay.relay.hub import Relay, RelayConfig
+from moqrelay.session import MoqtSession, SessionLimits
+from moqrelay.tls import CertificateChain, generate_dev_chain
+from moqrelay.transport.interfaces import ISessionHandler, ITransportSession
+from moqrelay.transport.quic import QuicEndpoint
+from moqrelay.transport.websocket import WebSocketTransportFactory
+from moqrelay.web import make_web_site, tls_context_factory
+from moqrelay.wire.errors import SessionErrorCode
+
+if TYPE_CHECKING:
+    from moqrelay.tap import Options
+
+_log = Logger()
+
+
+class _EndpointService(Service):
+    """Listen on one stream endpoint while running."""
+
+    def __init__(self, endpoint: Any, factory: Any, description: str) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.description = description
+        self.port: IListeningPort | None = None
+        self.listening: Deferred[IListeningPort] = Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        d: Deferred[IListeningPort] = self.endpoint.listen(self.factory)
+        d.addCallback(self._listening)
+        d.addErrback(self._failed)
+
+    def _listening(self, port: IListeningPort) -> None:
+        self.port = port
+        _log.info("WebSocket/HTTPS listening on {d} ({a})", d=self.description, a=port.getHost())
+        self.listening.callback(port)
+
+    def _failed(self, failure: Failure) -> None:
+        _log.failure("cannot listen on {d}", failure, d=self.description)
+        self.listening.errback(failure)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return None
+        return _stop_listening(port)
+
+
+def _stop_listening(port: IListeningPort) -> Deferred[None]:
+    return maybeDeferred(port.stopListening)  # type: ignore[call-overload,no-any-return]
+
+
+class _QuicService(Service):
+    """The UDP port for raw QUIC and WebTransport."""
+
+    def __init__(self, reactor: Any, host: str, port: int, protocol: QuicEndpoint) -> None:
+        self.reactor = reactor
+        self.host = host
+        self.port_number = port
+        self.protocol = protocol
+        self.port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.port = self.reactor.listenUDP(
+            self.port_number, self.protocol, interface=self.host, maxPacketSize=65535
+        )
+        _log.info("QUIC/WebTransport listening on UDP {a}", a=self.port.getHost())
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        self.protocol.close_all(SessionErrorCode.NO_ERROR, "relay shutting down")
+        port, self.port = self.port, None
+        if port is None:
+            return None
+        return _stop_listening(port)
+
+
+def _port_number(port: IListeningPort) -> int:
+    return int(getattr(port.getHost(), "port", 0))
+
+
+class RelayService(MultiService):
+    """The whole relay: one Relay, its listeners, and a clean stop."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        *,
+        bind: tuple[str, int],
+        chains: list[CertificateChain],
+        config: RelayConfig,
+        limits: SessionLimits,
+        dev: bool = False,
+        listen: list[str] | None = None,
+        quic_retry: bool = False,
+        idle_timeout: float = 30.0,
+        max_message_size: int = 1 << 20,
+    ) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.relay = Relay(reactor, config)
+        self.limits = limits
+        self.chains = chains
+        host, port = bind
+        self.ws_factory = WebSocketTransportFactory(
+            reactor,
+            self.handler_factory,
+            max_message_size=max_message_size,
+            auto_ping_interval=idle_timeout / 2,
+            auto_ping_timeout=idle_timeout,
+            high_water=config.max_queued_bytes,
+            low_water=config.max_queued_bytes // 4,
+        )
+        site = make_web_site(
+            reactor, self.ws_factory, fingerprint=chains[0].fingerprint() if dev else None
+        )
+        tls = tls_context_factory(chains)
+        tcp_endpoint = SSL4ServerEndpoint(reactor, port, tls, interface=host)
+        _EndpointService(tcp_endpoint, site, f"tcp {host}:{port} (TLS)").setServiceParent(self)
+        for description in listen or []:
+            endpoint = serverFromString(reactor, description)
+            _EndpointService(endpoint, site, description).setServiceParent(self)
+        self.web_services = [s for s in self if isinstance(s, _EndpointService)]
+        self.quic = QuicEndpoint(
+            reactor,
+            chains=chains,
+            handler_factory=self.handler_factory,
+            idle_timeout=idle_timeout,
+            retry=quic_retry,
+            high_water=config.max_queued_bytes,
+            low_water=config.max_queued_bytes // 4,
+        )
+        self.quic_service = _QuicService(reactor, host, port, self.quic)
+        self.quic_service.setServiceParent(self)
+
+    @classmethod
+    def from_options(cls, options: Options, reactor: Any) -> RelayService:
+        chains = list(options["chains"])
+        if not chains:
+            chain = generate_dev_chain()
+            _log.info("--dev: self-signed certificate, SHA-256 {fp}", fp=chain.fingerprint())
+            chains = [chain]
+        config = RelayConfig(
+            cache_groups=options["cache-groups"],
+            cache_bytes=options["cache-bytes"],
+            max_queued_bytes=options["max-queued-bytes"],
+            max_lag_groups=options["max-lag-groups"],
+            max_skipped_groups=options["max-skipped-groups"],
+            drain_timeout=options["drain-timeout"],
+            max_subscriptions=options["max-subscriptions"],
+            max_namespaces=options["max-namespaces"],
+            join_at_group_start=not options["strict-filters"],
+        )
+        limits = SessionLimits(
+            setup_timeout=options["setup-timeout"],
+            request_window=options["request-window"],
+            max_incoming_streams=options["max-streams"],
+        )
+        if options["announce"]:
+            _log.warn(
+                "--announce {url}: relay chaining is not built yet; serving local tracks only",
+                url=options["announce"],
+            )
+        return cls(
+            reactor,
+            bind=options["bind-address"],
+            chains=chains,
+            config=config,
+            limits=limits,
+            dev=options["dev"],
+            listen=options["listen"],
+            quic_retry=options["quic-retry"],
+            idle_timeout=options["idle-timeout"],
+            max_message_size=options["max-message-size"],
+        )
+
+    def handler_factory(self, transport: ITransportSession) -> ISessionHandler:
+        return MoqtSession(transport, self.reactor, self.relay.app_factory, self.limits)
+
+    async def tcp_ports(self) -> list[int]:
+        """The TCP ports of the web side, in the order bind, then --listen, once listening."""
+        ports = await gatherResults([s.listening for s in self.web_services])
+        return [_port_number(port) for port in ports]
+
+    def udp_port(self) -> int:
+        port = self.quic_service.port
+        assert port is not None, "the service is not running"
+        return _port_number(port)
+
+    def stopService(self) -> Deferred[Any]:
+        stopping = super().stopService()
+        for peer in list(self.relay.peers):
+            peer.session.close(SessionErrorCode.NO_ERROR, "relay shutting down")
+        d: Deferred[Any] = DeferredList([stopping, self.relay.reaper.when_idle()])
+        return d

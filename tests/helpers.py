@@ -1,0 +1,99 @@
+"""Shared fixtures for the trial suite: relays and clients joined in memory."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from twisted.internet.task import Clock
+
+from moqrelay.client.api import MoqtClient, ReceivedObject
+from moqrelay.relay.hub import Relay, RelayConfig
+from moqrelay.session import MoqtSession, SessionLimits
+from moqrelay.testing import MemorySession, memory_session_pair
+from moqrelay.transport.interfaces import ITransportSession
+
+
+def settle(clock: Clock, limit: int = 100_000) -> int:
+    """Run every call due now (and those they schedule for now); return the turns taken."""
+    turns = 0
+    while any(call.getTime() <= clock.seconds() for call in clock.getDelayedCalls()):
+        clock.advance(0)
+        turns += 1
+        if turns > limit:
+            raise AssertionError("the clock never settled")
+    return turns
+
+
+class MemoryRelay:
+    """A relay with clients attached through in-memory sessions."""
+
+    def __init__(
+        self, config: RelayConfig | None = None, limits: SessionLimits | None = None
+    ) -> None:
+        self.clock = Clock()
+        self.relay = Relay(self.clock, config)
+        self.limits = limits
+
+    def connect(self) -> tuple[MoqtClient, MemorySession, MemorySession]:
+        """A new client session; returns (client app, client side, relay side)."""
+        clock = self.clock
+
+        def client_factory(transport: ITransportSession) -> MoqtSession:
+            return MoqtSession(transport, clock, MoqtClient, self.limits)
+
+        def server_factory(transport: ITransportSession) -> MoqtSession:
+            return MoqtSession(transport, clock, self.relay.app_factory, self.limits)
+
+        high = self.relay.config.max_queued_bytes
+        client_side, relay_side = memory_session_pair(
+            clock, client_factory, server_factory, low_water=high // 4, high_water=high
+        )
+        settle(clock)
+        assert isinstance(client_side.handler, MoqtSession)
+        app = client_side.handler.app
+        assert isinstance(app, MoqtClient)
+        return app, client_side, relay_side
+
+
+class Recorder:
+    """Collects received objects."""
+
+    def __init__(self) -> None:
+        self.objects: list[ReceivedObject] = []
+
+    def __call__(self, obj: ReceivedObject) -> None:
+        self.objects.append(obj)
+
+    def ids(self) -> list[tuple[int, int]]:
+        return [(o.group_id, o.object_id) for o in self.objects]
+
+
+@contextmanager
+def recursion_headroom(frames: int) -> Iterator[None]:
+    """Allow only ``frames`` more stack frames than the caller has, for the block."""
+    depth = 0
+    frame = sys._getframe()
+    while frame is not None:
+        depth += 1
+        frame = frame.f_back  # type: ignore[assignment]
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(depth + frames)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
+
+
+def one_turn(clock: Clock) -> int:
+    """Run the calls due now, like one reactor iteration: calls they add wait for the next.
+
+    (``Clock.advance(0)`` instead keeps running calls added for the same time.)
+    """
+    due = [call for call in clock.calls if call.getTime() <= clock.seconds()]
+    for call in due:
+        clock.calls.remove(call)
+        call.called = 1
+        call.func(*call.args, **call.kw)
+    return len(due)

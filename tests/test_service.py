@@ -1,0 +1,242 @@
+"""End-to-end tests of moqrelay.service over real sockets on 127.0.0.1.
+
+A RelayService listens on ephemeral ports; publishers and viewers connect with
+the client API over WebSocket, raw QUIC and WebTransport.
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from moqrelay.client.api import MoqtClient, TrackPublisher
+from moqrelay.client.connect import connect
+from moqrelay.relay.hub import RelayConfig
+from moqrelay.service import RelayService
+from moqrelay.session import SessionLimits
+from moqrelay.tls import generate_dev_chain
+from moqrelay.transport.quic import QuicEndpoint
+from moqrelay.wire.errors import PublishDoneCode
+from tests.helpers import Recorder, recursion_headroom
+
+NS = (b"live", b"demo")
+CHAIN = generate_dev_chain()
+
+
+async def wait_until(predicate: Any, timeout: float = 20.0, step: float = 0.01) -> None:
+    """Poll the real reactor until ``predicate()`` holds (bounded)."""
+    waited = 0.0
+    while not predicate():
+        if waited >= timeout:
+            raise AssertionError(f"timed out waiting for {predicate}")
+        await deferLater(reactor, step, lambda: None)
+        waited += step
+
+
+class RelayFixture(TestCase):
+    """Starts a relay on 127.0.0.1 and closes every client and the relay afterwards."""
+
+    limits = SessionLimits()
+    config = RelayConfig()
+
+    async def start_relay(self) -> None:
+        self.service = RelayService(
+            reactor,
+            bind=("127.0.0.1", 0),
+            chains=[CHAIN],
+            config=self.config,
+            limits=self.limits,
+            dev=True,
+        )
+        self.service.startService()
+        self.clients: list[MoqtClient] = []
+        (self.tcp_port,) = await self.service.tcp_ports()
+        self.udp_port = self.service.udp_port()
+        self.addCleanup(self.stop_all)
+
+    def url(self, scheme: str) -> str:
+        port = self.tcp_port if scheme in ("ws", "wss") else self.udp_port
+        return f"{scheme}://127.0.0.1:{port}/moq"
+
+    async def client(self, scheme: str = "wss") -> MoqtClient:
+        client = await connect(
+            reactor, self.url(scheme), verify=False, fingerprint=None, limits=self.limits
+        )
+        self.clients.append(client)
+        return client
+
+    async def publisher(self, scheme: str = "wss") -> tuple[MoqtClient, TrackPublisher]:
+        client = await self.client(scheme)
+        await client.announce(NS)
+        return client, client.offer_track(NS, b"video")
+
+    async def stop_all(self) -> None:
+        waits = []
+        for client in self.clients:
+            if not client.closed.called:
+                client.close()
+            waits.append(client.closed)
+        await gatherResults(waits)
+        await self.service.stopService()
+        await wait_until(lambda: not self.service.relay.peers)
+        # QUIC clients close their UDP ports only after the draining period.
+        await wait_until(_quic_is_quiet, timeout=10.0)
+
+
+def _quic_is_quiet() -> bool:
+    """No QUIC port or QUIC/WebTransport timer left in the reactor."""
+    ports = [
+        r for r in reactor.getReaders() if isinstance(getattr(r, "protocol", None), QuicEndpoint)
+    ]
+    calls = [
+        c for c in reactor.getDelayedCalls() if "Quic" in repr(c) or "WebTransport" in repr(c)
+    ]
+    return not (ports or calls)
+
+
+def send_groups(track: TrackPublisher, groups: int, per_group: int, size: int = 100) -> None:
+    for group in range(groups):
+        for obj in range(per_group):
+            track.send_object(group, obj, bytes([group % 256, obj % 256]) * (size // 2))
+        track.end_subgroup(group)
+
+
+def expected(groups: int, per_group: int) -> list[tuple[int, int]]:
+    return [(g, o) for g in range(groups) for o in range(per_group)]
+
+
+class WebSocketFanOutTests(RelayFixture):
+    async def test_fifty_viewers_receive_every_object_in_order(self) -> None:
+        await self.start_relay()
+        _, track = await self.publisher("wss")
+        recorders = []
+        for _ in range(50):
+            viewer = await self.client("wss")
+            rec = Recorder()
+            await viewer.subscribe(NS, b"video", rec)
+            recorders.append(rec)
+        send_groups(track, 5, 20)
+        await wait_until(lambda: all(len(r.objects) == 100 for r in recorders))
+        for rec in recorders:
+            self.assertEqual(rec.ids(), expected(5, 20))
+            self.assertTrue(
+                all(o.payload == bytes([o.group_id, o.object_id]) * 50 for o in rec.objects)
+            )
+            self.assertTrue(all(o.subgroup_id == 0 for o in rec.objects))
+
+
+class MixedTransportTests(RelayFixture):
+    async def check(self, publisher_scheme: str, viewer_schemes: list[str]) -> None:
+        await self.start_relay()
+        _, track = await self.publisher(publisher_scheme)
+        recorders = []
+        for scheme in viewer_schemes:
+            viewer = await self.client(scheme)
+            rec = Recorder()
+            await viewer.subscribe(NS, b"video", rec)
+            recorders.append(rec)
+        send_groups(track, 4, 25, size=4096)
+        await wait_until(lambda: all(len(r.objects) == 100 for r in recorders))
+        for rec in recorders:
+            # Over QUIC the groups' streams interleave; within a subgroup, order holds.
+            for group in range(4):
+                ids = [o for g, o in rec.ids() if g == group]
+                self.assertEqual(ids, list(range(25)))
+            self.assertTrue(all(len(o.payload) == 4096 for o in rec.objects))
+
+    async def test_quic_publisher_to_websocket_and_webtransport_viewers(self) -> None:
+        await self.check("moqt", ["wss", "https", "moqt"])
+
+    async def test_websocket_publisher_to_quic_viewer(self) -> None:
+        await self.check("wss", ["moqt"])
+
+    async def test_webtransport_publisher_to_webtransport_viewers(self) -> None:
+        await self.check("https", ["https", "https"])
+
+
+class SeedScenarioTests(RelayFixture):
+    """The crash this relay exists to fix, over real WebSocket connections."""
+
+    limits = SessionLimits(max_incoming_streams=50_000)
+
+    async def test_viewer_with_10000_open_subgroups_drops_its_tcp_connection(self) -> None:
+        await self.start_relay()
+        _, track = await self.publisher("wss")
+        stayers = []
+        for _ in range(3):
+            viewer = await self.client("wss")
+            rec = Recorder()
+            await viewer.subscribe(NS, b"video", rec)
+            stayers.append(rec)
+        leaver = await self.client("wss")
+        await leaver.subscribe(NS, b"video", Recorder())
+        for subgroup in range(10_000):
+            track.send_object(0, 0, b"x", subgroup_id=subgroup)
+        await wait_until(lambda: all(len(r.objects) == 10_000 for r in stayers))
+        relay = self.service.relay
+        leaver_peer = list(relay.peers)[-1]  # the newest session
+        (sub,) = leaver_peer.subscriptions.values()
+        self.assertEqual(len(sub.streams), 10_000)
+        refs: list[weakref.ref[Any]] = [weakref.ref(leaver_peer), weakref.ref(sub)]
+        refs += [weakref.ref(s) for s in sub.streams.values()]
+        del leaver_peer, sub
+        # The whole teardown runs with the stack limited to ~50 frames above this one.
+        with recursion_headroom(50):
+            abort(leaver)
+            await wait_until(lambda: len(relay.peers) == 4)
+            await relay.reaper.when_idle()
+        gc.collect()
+        self.assertEqual([r for r in refs if r() is not None], [])
+        track.send_object(1, 0, b"after")
+        await wait_until(lambda: all(len(r.objects) == 10_001 for r in stayers))
+        for rec in stayers:
+            self.assertEqual(rec.objects[-1].payload, b"after")
+
+    async def test_publisher_vanishing_ends_viewers_with_publish_done(self) -> None:
+        await self.start_relay()
+        publisher, track = await self.publisher("wss")
+        subs = []
+        for _ in range(3):
+            viewer = await self.client("wss")
+            subs.append(await viewer.subscribe(NS, b"video", Recorder()))
+        for subgroup in range(1000):
+            track.send_object(0, 0, b"x", subgroup_id=subgroup)
+        await deferLater(reactor, 0.2, lambda: None)
+        abort(publisher)
+        done = await gatherResults([s.done for s in subs])
+        for msg in done:
+            self.assertEqual(msg.status_code, PublishDoneCode.TRACK_ENDED)
+        self.assertEqual(self.service.relay.tracks, {})
+
+    async def test_thousand_viewers_vanish_at_once(self) -> None:
+        await self.start_relay()
+        _, track = await self.publisher("wss")
+        stay_viewer = await self.client("wss")
+        stay = Recorder()
+        await stay_viewer.subscribe(NS, b"video", stay)
+        leavers: list[MoqtClient] = []
+        for _ in range(1000):
+            viewer = await self.client("wss")
+            await viewer.subscribe(NS, b"video", Recorder())
+            leavers.append(viewer)
+        for subgroup in range(10):
+            track.send_object(0, 0, b"x", subgroup_id=subgroup)
+        await wait_until(lambda: len(stay.objects) == 10)
+        for viewer in leavers:
+            abort(viewer)
+        await wait_until(lambda: len(self.service.relay.peers) == 2)
+        await self.service.relay.reaper.when_idle()
+        track.send_object(1, 0, b"after")
+        await wait_until(lambda: len(stay.objects) == 11)
+        self.assertEqual(len(self.service.relay.tracks[(NS, b"video")].subscriptions), 1)
+
+
+def abort(client: MoqtClient) -> None:
+    """Drop the client's TCP connection with no WebSocket close (like a closed tab)."""
+    client.session.transport.abort()  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -23,6 +24,7 @@ from moqrelay.transport.interfaces import ISessionHandler, ITransportSession
 from moqrelay.transport.quic import QuicEndpoint
 from moqrelay.transport.websocket import WebSocketTransportFactory
 from moqrelay.web import make_web_site, tls_context_factory
+from moqrelay.wire import control as c
 from moqrelay.wire.errors import SessionErrorCode
 
 if TYPE_CHECKING:
@@ -206,9 +208,20 @@ class RelayService(MultiService):
         assert port is not None, "the service is not running"
         return _port_number(port)
 
-    def stopService(self) -> Deferred[Any]:
-        stopping = super().stopService()
+    def stopService(self) -> Deferred[None]:
+        """GOAWAY to every session, let them leave for up to the drain timeout, then close
+        what is left; fires once listeners are closed and everything is reaped."""
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        peers = list(self.relay.peers)
+        if peers:
+            _log.info("shutting down: GOAWAY to {n} sessions", n=len(peers))
+        for peer in peers:
+            peer.session.send(c.GoAway(b""))
+        deadline = self.reactor.seconds() + self.relay.config.drain_timeout
+        while self.relay.peers and self.reactor.seconds() < deadline:
+            await deferLater(self.reactor, 0.05, lambda: None)
         for peer in list(self.relay.peers):
             peer.session.close(SessionErrorCode.NO_ERROR, "relay shutting down")
-        d: Deferred[Any] = DeferredList([stopping, self.relay.reaper.when_idle()])
-        return d
+        await DeferredList([maybeDeferred(super().stopService), self.relay.reaper.when_idle()])

@@ -5,13 +5,14 @@ from __future__ import annotations
 import gc
 import weakref
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from moqrelay.client.api import RequestRejected
+from moqrelay.client.api import ReceivedObject, RequestRejected
 from moqrelay.relay.hub import RelayConfig
 from moqrelay.session import SessionLimits
 from moqrelay.wire import control as c
-from moqrelay.wire.errors import PublishDoneCode, SubscribeErrorCode
+from moqrelay.wire.errors import PublishDoneCode, SubscribeErrorCode, SubscribeNamespaceErrorCode
 from tests.helpers import MemoryRelay, Recorder, recursion_headroom, settle
 
 NS = (b"live", b"demo")
@@ -256,3 +257,261 @@ class FlatTeardownTests(SynchronousTestCase):
         settle(self.clock)
         self.assertEqual(stay.objects[-1].payload, b"after")
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class PublishAndNamespaceTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.world = MemoryRelay()
+        self.clock = self.world.clock
+
+    def test_publish_without_announce_is_subscribable(self) -> None:
+        publisher, _, _ = self.world.connect()
+        d = publisher.publish_track(NS, b"pushed")
+        settle(self.clock)
+        track = self.successResultOf(d)
+        viewer, _, _ = self.world.connect()
+        rec = Recorder()
+        viewer.subscribe(NS, b"pushed", rec)
+        settle(self.clock)
+        track.send_object(0, 0, b"a")
+        track.send_object(0, 1, b"b")
+        settle(self.clock)
+        self.assertEqual(rec.ids(), [(0, 0), (0, 1)])
+
+    def test_published_track_survives_its_last_viewer(self) -> None:
+        publisher, _, _ = self.world.connect()
+        publisher.publish_track(NS, b"pushed")
+        settle(self.clock)
+        viewer, _, _ = self.world.connect()
+        d = viewer.subscribe(NS, b"pushed", Recorder())
+        settle(self.clock)
+        self.successResultOf(d).unsubscribe()
+        settle(self.clock)
+        self.assertIn((NS, b"pushed"), self.world.relay.tracks)
+
+    def test_duplicate_publish_is_refused(self) -> None:
+        first, _, _ = self.world.connect()
+        second, _, _ = self.world.connect()
+        first.publish_track(NS, b"t")
+        settle(self.clock)
+        d = second.publish_track(NS, b"t")
+        settle(self.clock)
+        self.assertEqual(self.failureResultOf(d, RequestRejected).value.code, 0x4)
+
+    def test_subscribe_namespace_gets_existing_and_new_announcements_and_publishes(self) -> None:
+        publisher, _, _ = self.world.connect()
+        publisher.announce((b"live", b"a"))
+        publisher.publish_track((b"live", b"p"), b"t")
+        settle(self.clock)
+        watcher, _, _ = self.world.connect()
+        rec = Recorder()
+        watcher.on_publish = lambda msg: rec
+        d = watcher.subscribe_namespace((b"live",))
+        settle(self.clock)
+        self.successResultOf(d)
+        self.assertEqual(watcher.discovered, [(b"live", b"a")])
+        self.assertEqual([m.track_name for m in watcher.offers], [b"t"])
+        publisher.announce((b"live", b"b"))
+        publisher.announce((b"other",))
+        settle(self.clock)
+        self.assertEqual(watcher.discovered, [(b"live", b"a"), (b"live", b"b")])
+        track = publisher.tracks[((b"live", b"p"), b"t")]
+        track.send_object(0, 0, b"pushed to the watcher")
+        settle(self.clock)
+        self.assertEqual(rec.ids(), [(0, 0)])
+
+    def test_namespace_done_reaches_watchers(self) -> None:
+        watcher, _, _ = self.world.connect()
+        watcher.subscribe_namespace((b"live",))
+        publisher, pub_side, _ = self.world.connect()
+        publisher.announce((b"live", b"x"))
+        settle(self.clock)
+        self.assertEqual(watcher.discovered, [(b"live", b"x")])
+        pub_side.abort()
+        settle(self.clock)
+        self.assertEqual(watcher.discovered, [])
+
+    def test_overlapping_prefixes_are_refused(self) -> None:
+        watcher, _, _ = self.world.connect()
+        watcher.subscribe_namespace((b"live",))
+        d = watcher.subscribe_namespace((b"live", b"demo"))
+        settle(self.clock)
+        failure = self.failureResultOf(d, RequestRejected)
+        self.assertEqual(failure.value.code, SubscribeNamespaceErrorCode.NAMESPACE_PREFIX_OVERLAP)
+
+    def test_refused_publish_does_not_break_the_watcher(self) -> None:
+        publisher, _, _ = self.world.connect()
+        publisher.publish_track(NS, b"t")
+        watcher, _, _ = self.world.connect()
+        watcher.subscribe_namespace((b"live",))
+        settle(self.clock)
+        self.assertEqual(len(watcher.offers), 1)
+        self.assertEqual(self.world.relay.peers.keys().__len__(), 2)
+        self.assertFalse(watcher.session.closed)
+
+
+class FetchTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.world = MemoryRelay()
+        self.clock = self.world.clock
+        self.publisher, _, _ = self.world.connect()
+        self.publisher.announce(NS)
+        settle(self.clock)
+        self.track = self.publisher.offer_track(NS, b"video")
+        self.viewer, _, _ = self.world.connect()
+        rec = Recorder()
+        d = self.viewer.subscribe(NS, b"video", rec)
+        settle(self.clock)
+        self.sub = self.successResultOf(d)
+        for group in range(3):
+            for obj in range(4):
+                self.track.send_object(group, obj, b"%d.%d" % (group, obj))
+        settle(self.clock)
+
+    def fetch(
+        self, start: c.Location, end: c.Location, **kw: int
+    ) -> Deferred[list[ReceivedObject]]:
+        d = self.viewer.fetch(NS, b"video", start, end, **kw)
+        settle(self.clock)
+        return d
+
+    def test_standalone_fetch_of_whole_groups(self) -> None:
+        objects = self.successResultOf(self.fetch(c.Location(1, 0), c.Location(2, 0)))
+        ids = [(o.group_id, o.object_id) for o in objects]
+        self.assertEqual(ids, [(g, o) for g in (1, 2) for o in range(4)])
+        self.assertEqual(objects[0].payload, b"1.0")
+
+    def test_standalone_fetch_partial_and_descending(self) -> None:
+        d = self.fetch(c.Location(0, 2), c.Location(2, 2), group_order=c.GROUP_ORDER_DESCENDING)
+        ids = [(o.group_id, o.object_id) for o in self.successResultOf(d)]
+        self.assertEqual(ids, [(2, 0), (2, 1)] + [(1, o) for o in range(4)] + [(0, 2), (0, 3)])
+
+    def test_fetch_errors(self) -> None:
+        d = self.fetch(c.Location(2, 0), c.Location(1, 0))
+        self.assertEqual(self.failureResultOf(d, RequestRejected).value.code, 0x5)
+        d = self.fetch(c.Location(9, 0), c.Location(10, 0))
+        self.assertEqual(self.failureResultOf(d, RequestRejected).value.code, 0x5)
+        d = self.viewer.fetch((b"none",), b"x", c.Location(0, 0), c.Location(1, 0))
+        settle(self.clock)
+        self.assertEqual(self.failureResultOf(d, RequestRejected).value.code, 0x4)
+
+    def test_relative_joining_fetch(self) -> None:
+        late, _, _ = self.world.connect()
+        d = late.subscribe(NS, b"video", Recorder())
+        settle(self.clock)
+        sub = self.successResultOf(d)
+        self.assertEqual(sub.largest, c.Location(2, 3))
+        d2 = late.joining_fetch(sub, 1)
+        settle(self.clock)
+        ids = [(o.group_id, o.object_id) for o in self.successResultOf(d2)]
+        self.assertEqual(ids, [(g, o) for g in (1, 2) for o in range(4)])
+
+    def test_joining_fetch_needs_a_largest_object_subscription(self) -> None:
+        late, _, _ = self.world.connect()
+        d = late.subscribe(NS, b"video", Recorder(), filter_type=c.FILTER_NEXT_GROUP_START)
+        settle(self.clock)
+        d2 = late.joining_fetch(self.successResultOf(d), 1)
+        settle(self.clock)
+        self.assertEqual(self.failureResultOf(d2, RequestRejected).value.code, 0x7)
+
+    def test_track_status_from_cache_and_forwarded(self) -> None:
+        d = self.viewer.track_status(NS, b"video")
+        settle(self.clock)
+        status = self.successResultOf(d)
+        self.assertEqual(status.largest, c.Location(2, 3))
+        d = self.viewer.track_status(NS, b"not-subscribed")
+        settle(self.clock)
+        # Forwarded to the publisher, whose client refuses TRACK_STATUS (NOT_SUPPORTED).
+        self.assertEqual(self.failureResultOf(d, RequestRejected).value.code, 0x3)
+        d = self.viewer.track_status((b"nobody",), b"x")
+        settle(self.clock)
+        self.assertEqual(self.failureResultOf(d, RequestRejected).value.code, 0x4)
+
+
+class SubscribeUpdateTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.world = MemoryRelay()
+        self.clock = self.world.clock
+        publisher, _, _ = self.world.connect()
+        publisher.announce(NS)
+        settle(self.clock)
+        self.track = publisher.offer_track(NS, b"video")
+        self.viewer, self.viewer_side, _ = self.world.connect()
+        self.rec = Recorder()
+        d = self.viewer.subscribe(NS, b"video", self.rec)
+        settle(self.clock)
+        self.sub = self.successResultOf(d)
+
+    def test_forward_zero_keeps_the_subscription_without_data(self) -> None:
+        self.viewer.update_subscription(self.sub, c.Location(0, 0), 0, forward=False)
+        self.track.send_object(0, 0, b"a")
+        settle(self.clock)
+        self.assertEqual(self.rec.objects, [])
+        self.viewer.update_subscription(self.sub, c.Location(0, 0), 0, forward=True)
+        self.track.send_object(1, 0, b"b")
+        settle(self.clock)
+        self.assertEqual(self.rec.ids(), [(1, 0)])
+
+    def test_narrowing_the_end_ends_the_subscription(self) -> None:
+        self.viewer.update_subscription(self.sub, c.Location(0, 0), 2)
+        self.track.send_object(0, 0, b"a")
+        self.track.send_object(1, 0, b"b")
+        self.track.send_object(2, 0, b"c")
+        settle(self.clock)
+        self.assertEqual(self.rec.ids(), [(0, 0), (1, 0)])
+        done = self.successResultOf(self.sub.done)
+        self.assertEqual(done.status_code, PublishDoneCode.SUBSCRIPTION_ENDED)
+
+    def test_widening_is_a_protocol_violation(self) -> None:
+        self.viewer.update_subscription(self.sub, c.Location(0, 0), 5)
+        settle(self.clock)
+        self.viewer.update_subscription(self.sub, c.Location(0, 0), 0)
+        settle(self.clock)
+        self.assertEqual(self.viewer_side.close_code, 0x3)
+
+
+class PublishDoneOrderingTests(SynchronousTestCase):
+    def test_publish_done_waits_for_the_streams_it_counts(self) -> None:
+        world = MemoryRelay()
+        clock = world.clock
+        publisher, _, _ = world.connect()
+        publisher.announce(NS)
+        settle(clock)
+        track = publisher.offer_track(NS, b"video")
+        viewer, _, _ = world.connect()
+        rec = Recorder()
+        d = viewer.subscribe(NS, b"video", rec)
+        settle(clock)
+        sub = self.successResultOf(d)
+        (down,) = track.subscribers.values()
+        # PUBLISH_DONE overtakes the objects (as it may over QUIC): it claims 2 streams.
+        publisher.session.send(c.PublishDone(down.request_id, PublishDoneCode.TRACK_ENDED, 2, ""))
+        settle(clock)
+        self.assertNoResult(sub.done)
+        track.send_object(0, 0, b"late")
+        track.send_object(1, 0, b"later")
+        track.end_subgroup(0)
+        track.end_subgroup(1)
+        settle(clock)
+        self.assertEqual(rec.ids(), [(0, 0), (1, 0)])
+        self.assertEqual(self.successResultOf(sub.done).stream_count, 2)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_publish_done_gives_up_after_the_drain_timeout(self) -> None:
+        world = MemoryRelay(RelayConfig(drain_timeout=3.0))
+        clock = world.clock
+        publisher, _, _ = world.connect()
+        publisher.announce(NS)
+        settle(clock)
+        track = publisher.offer_track(NS, b"video")
+        viewer, _, _ = world.connect()
+        d = viewer.subscribe(NS, b"video", Recorder())
+        settle(clock)
+        sub = self.successResultOf(d)
+        (down,) = track.subscribers.values()
+        publisher.session.send(c.PublishDone(down.request_id, PublishDoneCode.TRACK_ENDED, 5, ""))
+        settle(clock)
+        self.assertNoResult(sub.done)
+        clock.advance(3.0)
+        settle(clock)
+        self.assertEqual(self.successResultOf(sub.done).status_code, PublishDoneCode.TRACK_ENDED)

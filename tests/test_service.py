@@ -83,7 +83,8 @@ class RelayFixture(TestCase):
                 client.close()
             waits.append(client.closed)
         await gatherResults(waits)
-        await self.service.stopService()
+        if self.service.running:
+            await self.service.stopService()
         await wait_until(lambda: not self.service.relay.peers)
         # QUIC clients close their UDP ports only after the draining period.
         await wait_until(_quic_is_quiet, timeout=10.0)
@@ -129,6 +130,26 @@ class WebSocketFanOutTests(RelayFixture):
                 all(o.payload == bytes([o.group_id, o.object_id]) * 50 for o in rec.objects)
             )
             self.assertTrue(all(o.subgroup_id == 0 for o in rec.objects))
+
+
+class ShutdownTests(RelayFixture):
+    config = RelayConfig(drain_timeout=0.3)
+
+    async def test_stop_sends_goaway_then_closes_and_reaps_everything(self) -> None:
+        await self.start_relay()
+        viewers = [await self.client(scheme) for scheme in ("wss", "moqt", "https")]
+        _, track = await self.publisher("wss")
+        for viewer in viewers:
+            await viewer.subscribe(NS, b"video", Recorder())
+        track.send_object(0, 0, b"x")
+        await self.service.stopService()
+        self.assertEqual(self.service.relay.peers, {})
+        self.assertEqual(self.service.relay.tracks, {})
+        self.assertEqual(self.service.relay.reaper.pending(), 0)
+        for viewer in viewers:
+            self.assertIsNotNone(viewer.goaway)
+            (code, _) = await viewer.closed
+            self.assertEqual(code, 0)
 
 
 class MixedTransportTests(RelayFixture):

@@ -22,6 +22,7 @@ from moqrelay.wire import control as c
 from moqrelay.wire.control import Location, Namespace
 from moqrelay.wire.data import (
     STATUS_NORMAL,
+    FetchHeader,
     FetchObject,
     ObjectDatagram,
     ObjectRecord,
@@ -82,6 +83,15 @@ class ClientSubscription:
         self.client.session.send(c.Unsubscribe(self.request_id))
 
 
+class _Fetch:
+    """A FETCH in progress: FETCH_OK, then objects until the stream's FIN."""
+
+    def __init__(self) -> None:
+        self.ok: c.FetchOk | None = None
+        self.objects: list[ReceivedObject] = []
+        self.done: Deferred[list[ReceivedObject]] = Deferred()
+
+
 class _Subgroup:
     """One open subgroup stream of a published track, to one subscriber."""
 
@@ -120,10 +130,13 @@ class TrackPublisher:
     def _subscribe(self, msg: c.Subscribe) -> None:
         alias = self._next_alias
         self._next_alias += 1
-        self.subscribers[msg.request_id] = _Downstream(msg.request_id, alias)
         self.client.session.send(
             c.SubscribeOk(msg.request_id, alias, 0, c.GROUP_ORDER_ASCENDING, self.largest, [])
         )
+        self._add_subscriber(msg.request_id, alias)
+
+    def _add_subscriber(self, request_id: int, alias: int) -> None:
+        self.subscribers[request_id] = _Downstream(request_id, alias)
         if not self.subscribed.called:
             self.subscribed.callback(None)
 
@@ -197,8 +210,14 @@ class MoqtClient:
         self.subscriptions: dict[int, ClientSubscription] = {}
         self._by_alias: dict[int, ClientSubscription] = {}
         self._pending: dict[int, Deferred[Any]] = {}
-        self._published_by_request: dict[int, TrackPublisher] = {}
+        self._published: dict[int, tuple[TrackPublisher, int, Deferred[TrackPublisher]]] = {}
+        self._fetches: dict[int, _Fetch] = {}
         self.goaway: c.GoAway | None = None
+        # Namespaces the relay announced to us (after subscribe_namespace).
+        self.discovered: list[Namespace] = []
+        # Decides on a relay PUBLISH: return a callback to accept it, None to refuse.
+        self.on_publish: Callable[[c.Publish], ObjectCallback | None] = lambda msg: None
+        self.offers: list[c.Publish] = []
 
     # -- API -------------------------------------------------------------------
 
@@ -213,9 +232,111 @@ class MoqtClient:
         return d
 
     def offer_track(self, namespace: Namespace, name: bytes) -> TrackPublisher:
+        """A track answered when the relay SUBSCRIBEs (after ``announce``)."""
         track = TrackPublisher(self, namespace, name)
         self.tracks[(namespace, name)] = track
         return track
+
+    def publish_track(self, namespace: Namespace, name: bytes) -> Deferred[TrackPublisher]:
+        """PUBLISH a track without announcing its namespace; fires on PUBLISH_OK."""
+        track = self.offer_track(namespace, name)
+        d: Deferred[TrackPublisher] = Deferred()
+
+        def make(request_id: int) -> c.ControlMessage:
+            alias = track._next_alias
+            track._next_alias += 1
+            self._published[request_id] = (track, alias, d)
+            return c.Publish(
+                request_id, namespace, name, alias, c.GROUP_ORDER_ASCENDING, track.largest, True
+            )
+
+        self.session.send_request(make)
+        return d
+
+    def subscribe_namespace(self, prefix: Namespace) -> Deferred[None]:
+        """Ask for PUBLISH_NAMESPACE and PUBLISH of everything under ``prefix``."""
+        d: Deferred[None] = Deferred()
+
+        def make(request_id: int) -> c.ControlMessage:
+            self._pending[request_id] = d
+            return c.SubscribeNamespace(request_id, prefix, [])
+
+        self.session.send_request(make)
+        return d
+
+    def fetch(
+        self,
+        namespace: Namespace,
+        name: bytes,
+        start: Location,
+        end: Location,
+        *,
+        group_order: int = c.GROUP_ORDER_ASCENDING,
+    ) -> Deferred[list[ReceivedObject]]:
+        """A standalone FETCH; fires with the objects once the fetch stream ends."""
+        return self._fetch(
+            lambda rid: c.Fetch(
+                rid, 128, group_order, c.FETCH_STANDALONE, namespace, name, start, end
+            )
+        )
+
+    def joining_fetch(
+        self, sub: ClientSubscription, groups_back: int, *, absolute: bool = False
+    ) -> Deferred[list[ReceivedObject]]:
+        """A joining FETCH for ``sub`` (relative: ``groups_back`` groups before its largest)."""
+        kind = c.FETCH_ABSOLUTE_JOINING if absolute else c.FETCH_RELATIVE_JOINING
+        return self._fetch(
+            lambda rid: c.Fetch(
+                rid,
+                128,
+                c.GROUP_ORDER_ASCENDING,
+                kind,
+                joining_request_id=sub.request_id,
+                joining_start=groups_back,
+            )
+        )
+
+    def _fetch(self, build: Callable[[int], c.Fetch]) -> Deferred[list[ReceivedObject]]:
+        fetch = _Fetch()
+
+        def make(request_id: int) -> c.ControlMessage:
+            self._fetches[request_id] = fetch
+            return build(request_id)
+
+        self.session.send_request(make)
+        return fetch.done
+
+    def track_status(self, namespace: Namespace, name: bytes) -> Deferred[c.TrackStatusOk]:
+        d: Deferred[c.TrackStatusOk] = Deferred()
+
+        def make(request_id: int) -> c.ControlMessage:
+            self._pending[request_id] = d
+            return c.TrackStatus(
+                request_id,
+                namespace,
+                name,
+                128,
+                c.GROUP_ORDER_PUBLISHER,
+                True,
+                c.FILTER_LARGEST_OBJECT,
+            )
+
+        self.session.send_request(make)
+        return d
+
+    def update_subscription(
+        self,
+        sub: ClientSubscription,
+        start: Location,
+        end_group: int,
+        *,
+        priority: int = 128,
+        forward: bool = True,
+    ) -> None:
+        """SUBSCRIBE_UPDATE (``end_group`` as on the wire: last group + 1, 0 = open)."""
+        self.session.send_request(
+            lambda rid: c.SubscribeUpdate(rid, sub.request_id, start, end_group, priority, forward)
+        )
 
     def subscribe(
         self,
@@ -259,9 +380,13 @@ class MoqtClient:
         self.ready.callback(self)
 
     def control_message(self, msg: c.ControlMessage) -> None:
-        if isinstance(msg, c.PublishNamespaceOk):
+        if isinstance(msg, (c.PublishNamespaceOk, c.SubscribeNamespaceOk)):
             self._answer(msg.request_id, None)
-        elif isinstance(msg, c.PublishNamespaceError):
+        elif isinstance(msg, c.TrackStatusOk):
+            self._answer(msg.request_id, msg)
+        elif isinstance(
+            msg, (c.PublishNamespaceError, c.SubscribeNamespaceError, c.TrackStatusError)
+        ):
             self._reject(msg.request_id, msg.error_code, msg.reason)
         elif isinstance(msg, c.SubscribeOk):
             sub = self.subscriptions.get(msg.request_id)
@@ -279,6 +404,18 @@ class MoqtClient:
             sub = self.subscriptions.pop(msg.request_id, None)
             if sub is not None:
                 sub.done.callback(msg)
+        elif isinstance(msg, (c.PublishOk, c.PublishError)):
+            self._publish_answered(msg)
+        elif isinstance(msg, (c.FetchOk, c.FetchError)):
+            self._fetch_answered(msg)
+        elif isinstance(msg, c.PublishNamespace):
+            self.discovered.append(msg.namespace)
+            self.session.send(c.PublishNamespaceOk(msg.request_id))
+        elif isinstance(msg, c.PublishNamespaceDone):
+            if msg.namespace in self.discovered:
+                self.discovered.remove(msg.namespace)
+        elif isinstance(msg, c.Publish):
+            self._on_publish(msg)
         elif isinstance(msg, c.Subscribe):
             self._on_subscribe(msg)
         elif isinstance(msg, c.Unsubscribe):
@@ -286,8 +423,48 @@ class MoqtClient:
                 track._unsubscribe(msg.request_id)
         elif isinstance(msg, c.GoAway):
             self.goaway = msg
-        elif isinstance(msg, (c.Fetch, c.TrackStatus, c.SubscribeNamespace, c.Publish)):
+        elif isinstance(msg, (c.Fetch, c.TrackStatus, c.SubscribeNamespace)):
             self._refuse(msg)
+
+    def _publish_answered(self, msg: c.PublishOk | c.PublishError) -> None:
+        published = self._published.pop(msg.request_id, None)
+        if published is None:
+            return
+        track, alias, d = published
+        if isinstance(msg, c.PublishOk):
+            track._add_subscriber(msg.request_id, alias)
+            d.callback(track)
+        else:
+            d.errback(RequestRejected(msg.error_code, msg.reason))
+
+    def _fetch_answered(self, msg: c.FetchOk | c.FetchError) -> None:
+        if isinstance(msg, c.FetchOk):
+            fetch = self._fetches.get(msg.request_id)
+            if fetch is not None:
+                fetch.ok = msg
+            return
+        failed = self._fetches.pop(msg.request_id, None)
+        if failed is not None:
+            failed.done.errback(RequestRejected(msg.error_code, msg.reason))
+
+    def _on_publish(self, msg: c.Publish) -> None:
+        self.offers.append(msg)
+        callback = self.on_publish(msg)
+        if callback is None:
+            self.session.send(c.PublishError(msg.request_id, 0x4, "not interested"))
+            return
+        sub = ClientSubscription(self, msg.namespace, msg.track_name, callback)
+        sub.request_id = msg.request_id
+        sub.alias = msg.track_alias
+        sub.largest = msg.largest
+        self.subscriptions[msg.request_id] = sub
+        self._by_alias[msg.track_alias] = sub
+        self.session.send(
+            c.PublishOk(
+                msg.request_id, True, 128, c.GROUP_ORDER_ASCENDING, c.FILTER_LARGEST_OBJECT
+            )
+        )
+        sub.ok.callback(sub)
 
     def _on_subscribe(self, msg: c.Subscribe) -> None:
         track = self.tracks.get((msg.namespace, msg.track_name))
@@ -300,18 +477,22 @@ class MoqtClient:
             return
         track._subscribe(msg)
 
-    def _refuse(self, msg: c.Fetch | c.TrackStatus | c.SubscribeNamespace | c.Publish) -> None:
+    def _refuse(self, msg: c.Fetch | c.TrackStatus | c.SubscribeNamespace) -> None:
         if isinstance(msg, c.Fetch):
             self.session.send(c.FetchError(msg.request_id, 0x3, "not supported by this client"))
         elif isinstance(msg, c.TrackStatus):
             self.session.send(c.TrackStatusError(msg.request_id, 0x3, "not supported"))
-        elif isinstance(msg, c.SubscribeNamespace):
-            self.session.send(c.SubscribeNamespaceError(msg.request_id, 0x3, "not supported"))
         else:
-            self.session.send(c.PublishError(msg.request_id, 0x3, "not supported"))
+            self.session.send(c.SubscribeNamespaceError(msg.request_id, 0x3, "not supported"))
 
     def data_header(self, stream: IncomingData) -> None:
         header = stream.header
+        if isinstance(header, FetchHeader):
+            fetch = self._fetches.get(header.request_id)
+            if fetch is None:
+                stream.stop(StreamResetCode.CANCELLED)
+            stream.context = fetch
+            return
         if not isinstance(header, SubgroupHeader):
             stream.stop(StreamResetCode.CANCELLED)
             return
@@ -323,6 +504,19 @@ class MoqtClient:
         stream.context = sub
 
     def data_object(self, stream: IncomingData, obj: ObjectRecord | FetchObject) -> None:
+        if isinstance(obj, FetchObject):
+            if isinstance(stream.context, _Fetch):
+                stream.context.objects.append(
+                    ReceivedObject(
+                        obj.group_id,
+                        obj.subgroup_id,
+                        obj.object_id,
+                        obj.payload,
+                        obj.status,
+                        obj.extensions,
+                    )
+                )
+            return
         sub = stream.context
         header = stream.header
         if isinstance(sub, ClientSubscription) and isinstance(header, SubgroupHeader):
@@ -339,7 +533,15 @@ class MoqtClient:
             )
 
     def data_end(self, stream: IncomingData, reset_code: int | None) -> None:
-        """Subgroup boundaries need no action here."""
+        """A fetch is complete when its stream ends; subgroup ends need nothing."""
+        fetch = stream.context
+        header = stream.header
+        if isinstance(fetch, _Fetch) and isinstance(header, FetchHeader):
+            self._fetches.pop(header.request_id, None)
+            if reset_code is None:
+                fetch.done.callback(fetch.objects)
+            else:
+                fetch.done.errback(RequestRejected(reset_code, "fetch stream reset"))
 
     def datagram(self, datagram: ObjectDatagram) -> None:
         sub = self._by_alias.get(datagram.track_alias)
@@ -360,6 +562,12 @@ class MoqtClient:
         pending, self._pending = self._pending, {}
         for d in pending.values():
             d.errback(SessionLost(reason))
+        fetches, self._fetches = self._fetches, {}
+        for fetch in fetches.values():
+            fetch.done.errback(SessionLost(reason))
+        published, self._published = self._published, {}
+        for _, _, waiting in published.values():
+            waiting.errback(SessionLost(reason))
         subs, self.subscriptions = self.subscriptions, {}
         self._by_alias = {}
         for sub in subs.values():

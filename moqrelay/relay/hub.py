@@ -1,15 +1,16 @@
 """Relay layer: the hub that joins publishers and viewers, and each peer's view of it.
 
-`Relay` holds what is shared: announced namespaces, live tracks, the reaper
-and the configuration. `RelayPeer` is the `SessionApp` of one MoQT session:
-it can publish (announce namespaces, answer the relay's upstream SUBSCRIBEs
-and send objects) and view (subscribe), both on the same session.
+`Relay` holds what is shared: announced namespaces, live tracks, namespace
+subscriptions, the reaper and the configuration. `RelayPeer` is the
+`SessionApp` of one MoQT session: it can publish (announce namespaces, answer
+the relay's upstream SUBSCRIBEs, push tracks with PUBLISH) and view
+(SUBSCRIBE, FETCH, TRACK_STATUS, SUBSCRIBE_NAMESPACE), on the same session.
 
 One upstream SUBSCRIBE serves every viewer of a track; it is cancelled when
-the last viewer leaves and a later viewer starts a fresh one. When a session
-ends, its peer flips its state and hands each subscription and each track it
-fed to the reaper, so a session with any number of children is torn down in
-bounded steps.
+the last viewer leaves and a later viewer starts a fresh one. A track pushed
+with PUBLISH lives as long as its publisher keeps it. When a session ends,
+its peer hands each subscription and each track it fed to the reaper, so a
+session with any number of children is torn down in bounded steps.
 """
 
 from __future__ import annotations
@@ -22,6 +23,14 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from moqrelay.relay.fetch import (
+    FetchRange,
+    FetchRefused,
+    collect,
+    encode_fetch_stream,
+    joining_range,
+    standalone_range,
+)
 from moqrelay.relay.namespaces import Namespace, NamespaceRegistry, format_namespace
 from moqrelay.relay.reaper import Reaper
 from moqrelay.relay.serve import SessionWriter
@@ -44,6 +53,8 @@ from moqrelay.wire.errors import (
 
 _log = Logger()
 
+UNKNOWN_STREAM_COUNT = (1 << 62) - 1
+
 
 @dataclass
 class RelayConfig:
@@ -58,6 +69,10 @@ class RelayConfig:
     max_subscriptions: int = 1000
     max_namespaces: int = 100
     join_at_group_start: bool = True
+
+
+def is_prefix(prefix: Namespace, namespace: Namespace) -> bool:
+    return namespace[: len(prefix)] == prefix
 
 
 class Relay:
@@ -76,7 +91,26 @@ class Relay:
         self.peers[peer] = None
         return peer
 
-    # -- subscriptions -------------------------------------------------------
+    def watchers(self, namespace: Namespace, exclude: RelayPeer | None) -> list[RelayPeer]:
+        """Peers whose SUBSCRIBE_NAMESPACE covers ``namespace``."""
+        return [
+            peer
+            for peer in self.peers
+            if peer is not exclude
+            and any(is_prefix(prefix, namespace) for prefix in peer.namespace_subscriptions)
+        ]
+
+    # -- namespaces ------------------------------------------------------------
+
+    def namespace_added(self, namespace: Namespace, owner: RelayPeer) -> None:
+        for peer in self.watchers(namespace, owner):
+            peer.send_publish_namespace(namespace)
+
+    def namespace_removed(self, namespace: Namespace, owner: RelayPeer) -> None:
+        for peer in self.watchers(namespace, owner):
+            peer.session.send(c.PublishNamespaceDone(namespace))
+
+    # -- subscriptions -----------------------------------------------------------
 
     def subscribe(self, viewer: RelayPeer, msg: c.Subscribe) -> None:
         session = viewer.session
@@ -101,33 +135,43 @@ class Relay:
                 )
             )
             return
-        key: TrackKey = (msg.namespace, msg.track_name)
-        track = self.tracks.get(key)
+        track = self.track_for(msg.namespace, msg.track_name)
         if track is None:
-            publisher = self.namespaces.lookup(msg.namespace)
-            if publisher is None:
-                session.send(
-                    c.SubscribeError(
-                        msg.request_id,
-                        SubscribeErrorCode.TRACK_DOES_NOT_EXIST,
-                        f"no publisher for {format_namespace(msg.namespace)}",
-                    )
+            session.send(
+                c.SubscribeError(
+                    msg.request_id,
+                    SubscribeErrorCode.TRACK_DOES_NOT_EXIST,
+                    f"no publisher for {format_namespace(msg.namespace)}",
                 )
-                return
-            track = Track(key, self.config.cache_groups, self.config.cache_bytes)
-            self.tracks[key] = track
-            publisher.subscribe_upstream(track)
-        sub = Subscription(viewer, track, msg)
-        viewer.subscriptions[msg.request_id] = sub
+            )
+            return
+        self.attach(viewer, track, Subscription.from_subscribe(viewer, track, msg))
+
+    def track_for(self, namespace: Namespace, name: bytes) -> Track | None:
+        """The live or pending track, or a new one subscribed upstream; None if nobody has it."""
+        key: TrackKey = (namespace, name)
+        track = self.tracks.get(key)
+        if track is not None:
+            return track
+        publisher = self.namespaces.lookup(namespace)
+        if publisher is None:
+            return None
+        track = Track(key, self.config.cache_groups, self.config.cache_bytes)
+        self.tracks[key] = track
+        publisher.subscribe_upstream(track)
+        return track
+
+    def attach(self, viewer: RelayPeer, track: Track, sub: Subscription) -> None:
+        viewer.subscriptions[sub.request_id] = sub
         track.subscriptions[sub] = None
         if track.state == Track.LIVE:
             sub.activate()
 
-    def track_live(self, track: Track, ok: c.SubscribeOk) -> None:
+    def track_live(self, track: Track, group_order: int, largest: c.Location | None) -> None:
         track.state = Track.LIVE
-        track.group_order = ok.group_order
-        if ok.largest is not None:
-            track.largest = ok.largest
+        track.group_order = group_order
+        if largest is not None:
+            track.largest = largest
         for sub in list(track.subscriptions):
             sub.activate()
 
@@ -140,6 +184,7 @@ class Relay:
 
     def end_track(self, track: Track, status: int, reason: str) -> None:
         """The publisher ended the track (PUBLISH_DONE) or went away."""
+        track.cancel_done_timer()
         if track.state == Track.PENDING:
             self.track_failed(track, SubscribeErrorCode.TRACK_DOES_NOT_EXIST, reason)
             return
@@ -156,12 +201,40 @@ class Relay:
 
     def track_unwatched(self, track: Track) -> None:
         """A viewer left; the last one out cancels the upstream subscription."""
-        if track.subscriptions or track.state == Track.ENDED:
+        if track.subscriptions or track.state == Track.ENDED or track.pushed:
             return
         publisher = track.publisher
         self._forget_track(track)
         if publisher is not None:
             publisher.unsubscribe_upstream(track)
+
+    def publish_done_received(self, track: Track, status: int, reason: str, streams: int) -> None:
+        """The publisher's PUBLISH_DONE: end once its streams are in, or after the drain time."""
+        track.pending_done = (status, reason, streams)
+        if not self.maybe_finish(track):
+            track.done_timer = self.reactor.callLater(
+                self.config.drain_timeout, self.finish_track, track
+            )
+
+    def maybe_finish(self, track: Track) -> bool:
+        pending = track.pending_done
+        if pending is None:
+            return False
+        streams = pending[2]
+        complete = streams == UNKNOWN_STREAM_COUNT or track.upstream_streams >= streams
+        if complete and track.upstream_open == 0:
+            self.finish_track(track)
+            return True
+        return False
+
+    def finish_track(self, track: Track) -> None:
+        pending = track.pending_done
+        publisher = track.publisher
+        if pending is None:
+            return
+        if publisher is not None:
+            publisher.forget_upstream(track)
+        self.end_track(track, pending[0], pending[1])
 
     def _forget_track(self, track: Track) -> None:
         track.state = Track.ENDED
@@ -175,8 +248,10 @@ class Relay:
         """Flat teardown of everything a closed session owned."""
         self.peers.pop(peer, None)
         for namespace in peer.namespaces:
-            self.namespaces.remove(namespace, peer)
+            if self.namespaces.remove(namespace, peer):
+                self.namespace_removed(namespace, peer)
         peer.namespaces = set()
+        peer.namespace_subscriptions = {}
         subs = list(peer.subscriptions.values())
         peer.subscriptions = {}
         self.reaper.extend([sub.session_gone for sub in subs])
@@ -203,34 +278,53 @@ class RelayPeer:
         self.writer = SessionWriter(relay.reactor, session.transport, config.max_queued_bytes)
         self.subscriptions: dict[int, Subscription] = {}
         self.namespaces: set[Namespace] = set()
-        # Upstream side: the relay's SUBSCRIBEs to this peer as a publisher.
+        self.namespace_subscriptions: dict[Namespace, int] = {}
+        # Upstream side: the relay's SUBSCRIBEs to this peer, and tracks it PUBLISHed.
         self.upstream: dict[int, Track] = {}
         self.tracks_by_alias: dict[int, Track] = {}
+        # Our PUBLISHes to this peer awaiting PUBLISH_OK, by our request id.
+        self.offered: dict[int, Track] = {}
+        # TRACK_STATUS forwarded upstream for a viewer: our request id -> (viewer, its id).
+        self.status_requests: dict[int, tuple[RelayPeer, int]] = {}
         self._handlers: dict[type, Callable[[Any], None]] = {
             c.PublishNamespace: self._on_publish_namespace,
             c.PublishNamespaceDone: self._on_publish_namespace_done,
+            c.PublishNamespaceOk: self._ignore,
+            c.PublishNamespaceError: self._on_publish_namespace_error,
+            c.PublishNamespaceCancel: self._on_publish_namespace_cancel,
             c.Subscribe: self._on_subscribe,
             c.Unsubscribe: self._on_unsubscribe,
             c.SubscribeUpdate: self._on_subscribe_update,
             c.SubscribeOk: self._on_subscribe_ok,
             c.SubscribeError: self._on_subscribe_error,
             c.PublishDone: self._on_publish_done,
+            c.Publish: self._on_publish,
+            c.PublishOk: self._on_publish_ok,
+            c.PublishError: self._on_publish_error,
             c.Fetch: self._on_fetch,
             c.FetchCancel: self._ignore,
+            c.FetchOk: self._ignore,
+            c.FetchError: self._ignore,
             c.TrackStatus: self._on_track_status,
+            c.TrackStatusOk: self._on_track_status_answer,
+            c.TrackStatusError: self._on_track_status_answer,
             c.SubscribeNamespace: self._on_subscribe_namespace,
-            c.UnsubscribeNamespace: self._ignore,
-            c.Publish: self._on_publish,
-            c.PublishNamespaceCancel: self._ignore,
+            c.SubscribeNamespaceOk: self._ignore,
+            c.SubscribeNamespaceError: self._ignore,
+            c.UnsubscribeNamespace: self._on_unsubscribe_namespace,
             c.GoAway: self._on_goaway,
         }
+
+    @property
+    def name(self) -> str:
+        return str(self.session.transport.peer)
 
     # -- SessionApp ----------------------------------------------------------
 
     def session_ready(self) -> None:
         _log.info(
             "session from {peer} over {transport} ready (path {path!r})",
-            peer=self.session.transport.peer,
+            peer=self.name,
             transport=self.session.transport.transport_name,
             path=self.session.path,
         )
@@ -251,6 +345,8 @@ class RelayPeer:
             stream.stop(StreamResetCode.CANCELLED)
             return
         subgroup_id = header.subgroup_id
+        track.upstream_streams += 1
+        track.upstream_open += 1
         stream.context = (
             track,
             track.open_subgroup(
@@ -275,7 +371,9 @@ class RelayPeer:
         context = stream.context
         if isinstance(context, tuple):
             track, subgroup = context
+            track.upstream_open -= 1
             track.close_subgroup(subgroup, reset_code)
+            self.relay.maybe_finish(track)
 
     def datagram(self, datagram: ObjectDatagram) -> None:
         """Datagram objects reach every viewer on a one-object subgroup stream."""
@@ -297,7 +395,7 @@ class RelayPeer:
     def session_ended(self, code: int, reason: str) -> None:
         _log.info(
             "session from {peer} ended: {reason} (code {code:#x})",
-            peer=self.session.transport.peer,
+            peer=self.name,
             reason=reason,
             code=code,
         )
@@ -325,26 +423,32 @@ class RelayPeer:
         self.session.send_request(make)
 
     def unsubscribe_upstream(self, track: Track) -> None:
+        if self.forget_upstream(track) and track.upstream_request_id is not None:
+            self.session.send(c.Unsubscribe(track.upstream_request_id))
+
+    def forget_upstream(self, track: Track) -> bool:
         request_id = track.upstream_request_id
         if request_id is None or self.upstream.get(request_id) is not track:
-            return
+            return False
         del self.upstream[request_id]
         if track.alias is not None and self.tracks_by_alias.get(track.alias) is track:
             del self.tracks_by_alias[track.alias]
-        self.session.send(c.Unsubscribe(request_id))
+        return True
+
+    def _bind_alias(self, track: Track, alias: int) -> None:
+        if alias in self.tracks_by_alias:
+            raise ProtocolViolation(
+                f"track alias {alias} already in use", SessionErrorCode.DUPLICATE_TRACK_ALIAS
+            )
+        track.alias = alias
+        self.tracks_by_alias[alias] = track
 
     def _on_subscribe_ok(self, msg: c.SubscribeOk) -> None:
         track = self.upstream.get(msg.request_id)
-        if track is None:
+        if track is None or track.state != Track.PENDING:
             return
-        if msg.track_alias in self.tracks_by_alias:
-            raise ProtocolViolation(
-                f"track alias {msg.track_alias} already in use",
-                SessionErrorCode.DUPLICATE_TRACK_ALIAS,
-            )
-        track.alias = msg.track_alias
-        self.tracks_by_alias[msg.track_alias] = track
-        self.relay.track_live(track, msg)
+        self._bind_alias(track, msg.track_alias)
+        self.relay.track_live(track, msg.group_order, msg.largest)
 
     def _on_subscribe_error(self, msg: c.SubscribeError) -> None:
         track = self.upstream.pop(msg.request_id, None)
@@ -352,12 +456,41 @@ class RelayPeer:
             self.relay.track_failed(track, msg.error_code, msg.reason)
 
     def _on_publish_done(self, msg: c.PublishDone) -> None:
-        track = self.upstream.pop(msg.request_id, None)
-        if track is None:
+        track = self.upstream.get(msg.request_id)
+        if track is not None and track.pending_done is None:
+            self.relay.publish_done_received(track, msg.status_code, msg.reason, msg.stream_count)
+
+    def _on_publish(self, msg: c.Publish) -> None:
+        key: TrackKey = (msg.namespace, msg.track_name)
+        if key in self.relay.tracks:
+            self.session.send(
+                c.PublishError(
+                    msg.request_id, PublishErrorCode.UNINTERESTED, "this track is already live"
+                )
+            )
             return
-        if track.alias is not None:
-            self.tracks_by_alias.pop(track.alias, None)
-        self.relay.end_track(track, msg.status_code, msg.reason)
+        config = self.relay.config
+        track = Track(key, config.cache_groups, config.cache_bytes)
+        track.pushed = True
+        track.publisher = self
+        track.upstream_request_id = msg.request_id
+        self._bind_alias(track, msg.track_alias)
+        self.upstream[msg.request_id] = track
+        self.relay.tracks[key] = track
+        self.relay.track_live(track, msg.group_order, msg.largest)
+        self.session.send(
+            c.PublishOk(
+                msg.request_id, True, 128, msg.group_order, c.FILTER_LARGEST_OBJECT, None, None
+            )
+        )
+        _log.info(
+            "{peer} published {ns} {name!r}",
+            peer=self.name,
+            ns=format_namespace(msg.namespace),
+            name=msg.track_name,
+        )
+        for peer in self.relay.watchers(msg.namespace, self):
+            peer.offer(track)
 
     def _on_publish_namespace(self, msg: c.PublishNamespace) -> None:
         namespace = msg.namespace
@@ -381,13 +514,31 @@ class RelayPeer:
             )
             return
         self.namespaces.add(namespace)
-        _log.info("{peer} announced {ns}", peer=self.session.transport.peer, ns=name)
+        _log.info("{peer} announced {ns}", peer=self.name, ns=name)
         self.session.send(c.PublishNamespaceOk(msg.request_id))
+        self.relay.namespace_added(namespace, self)
 
     def _on_publish_namespace_done(self, msg: c.PublishNamespaceDone) -> None:
         if msg.namespace in self.namespaces:
             self.namespaces.discard(msg.namespace)
-            self.relay.namespaces.remove(msg.namespace, self)
+            if self.relay.namespaces.remove(msg.namespace, self):
+                self.relay.namespace_removed(msg.namespace, self)
+
+    def _on_publish_namespace_error(self, msg: c.PublishNamespaceError) -> None:
+        _log.info(
+            "{peer} refused a namespace: {reason} ({code:#x})",
+            peer=self.name,
+            reason=msg.reason,
+            code=msg.error_code,
+        )
+
+    def _on_publish_namespace_cancel(self, msg: c.PublishNamespaceCancel) -> None:
+        _log.info(
+            "{peer} cancelled {ns}: {reason}",
+            peer=self.name,
+            ns=format_namespace(msg.namespace),
+            reason=msg.reason,
+        )
 
     # -- downstream (this peer views) ----------------------------------------
 
@@ -401,58 +552,169 @@ class RelayPeer:
 
     def _on_subscribe_update(self, msg: c.SubscribeUpdate) -> None:
         sub = self.subscriptions.get(msg.subscription_request_id)
-        if sub is None:
-            return
-        sub.priority = msg.subscriber_priority
-        sub.forward = bool(msg.forward)
-        if msg.end_group:
-            sub.end_group = msg.end_group - 1
+        if sub is not None:
+            sub.update(msg)
 
     def subscription_finished(self, sub: Subscription) -> None:
         if self.subscriptions.get(sub.request_id) is sub:
             del self.subscriptions[sub.request_id]
         self.relay.track_unwatched(sub.track)
 
-    # -- not yet supported requests get the draft's error, never silence -------
+    def _on_subscribe_namespace(self, msg: c.SubscribeNamespace) -> None:
+        prefix = msg.namespace_prefix
+        for existing in self.namespace_subscriptions:
+            if is_prefix(existing, prefix) or is_prefix(prefix, existing):
+                self.session.send(
+                    c.SubscribeNamespaceError(
+                        msg.request_id,
+                        SubscribeNamespaceErrorCode.NAMESPACE_PREFIX_OVERLAP,
+                        f"overlaps {format_namespace(existing)}",
+                    )
+                )
+                return
+        self.namespace_subscriptions[prefix] = msg.request_id
+        self.session.send(c.SubscribeNamespaceOk(msg.request_id))
+        relay = self.relay
+        for namespace in relay.namespaces.under(prefix):
+            if relay.namespaces.owner(namespace) is not self:
+                self.send_publish_namespace(namespace)
+        for track in list(relay.tracks.values()):
+            if (
+                track.state == Track.LIVE
+                and track.publisher is not self
+                and is_prefix(prefix, track.namespace)
+            ):
+                self.offer(track)
+
+    def _on_unsubscribe_namespace(self, msg: c.UnsubscribeNamespace) -> None:
+        self.namespace_subscriptions.pop(msg.namespace_prefix, None)
+
+    def send_publish_namespace(self, namespace: Namespace) -> None:
+        self.session.send_request(lambda rid: c.PublishNamespace(rid, namespace, []))
+
+    def offer(self, track: Track) -> None:
+        """PUBLISH a live track to this peer, which asked with SUBSCRIBE_NAMESPACE."""
+
+        def make(request_id: int) -> c.ControlMessage:
+            self.offered[request_id] = track
+            # Our request ids are odd, the peer's subscriptions even: aliases never collide.
+            return c.Publish(
+                request_id,
+                track.namespace,
+                track.name,
+                request_id,
+                track.group_order,
+                track.largest,
+                True,
+            )
+
+        self.session.send_request(make)
+
+    def _on_publish_ok(self, msg: c.PublishOk) -> None:
+        track = self.offered.pop(msg.request_id, None)
+        if track is None:
+            return
+        if track.state != Track.LIVE:
+            self.session.send(
+                c.PublishDone(msg.request_id, PublishDoneCode.TRACK_ENDED, 0, "track ended")
+            )
+            return
+        self.relay.attach(self, track, Subscription.from_publish_ok(self, track, msg))
+
+    def _on_publish_error(self, msg: c.PublishError) -> None:
+        self.offered.pop(msg.request_id, None)
 
     def _on_fetch(self, msg: c.Fetch) -> None:
-        self.session.send(
-            c.FetchError(
-                msg.request_id, FetchErrorCode.NOT_SUPPORTED, "FETCH is not supported yet"
+        try:
+            track, wanted = self._fetch_range(msg)
+        except FetchRefused as e:
+            self.session.send(c.FetchError(msg.request_id, e.code, e.reason))
+            return
+        order = msg.group_order or track.group_order
+        objects = collect(track, wanted, descending=order == c.GROUP_ORDER_DESCENDING)
+        if not objects:
+            self.session.send(
+                c.FetchError(msg.request_id, FetchErrorCode.NO_OBJECTS, "nothing cached in range")
             )
+            return
+        last = (
+            objects[-1]
+            if order != c.GROUP_ORDER_DESCENDING
+            else max(objects, key=lambda o: (o.group_id, o.object_id))
         )
+        end = c.Location(last.group_id, last.object_id + 1)
+        self.session.send(c.FetchOk(msg.request_id, order, False, end, []))
+        stream = self.session.open_uni_stream()
+        stream.write(encode_fetch_stream(msg.request_id, objects))
+        stream.finish()
+
+    def _fetch_range(self, msg: c.Fetch) -> tuple[Track, FetchRange]:
+        if msg.fetch_type == c.FETCH_STANDALONE:
+            assert msg.namespace is not None and msg.track_name is not None
+            track = self.relay.tracks.get((msg.namespace, msg.track_name))
+            if track is None or track.state != Track.LIVE:
+                raise FetchRefused(FetchErrorCode.TRACK_DOES_NOT_EXIST, "track not live here")
+            return track, standalone_range(msg, track)
+        assert msg.joining_request_id is not None
+        sub = self.subscriptions.get(msg.joining_request_id)
+        if sub is None or sub.filter_type != c.FILTER_LARGEST_OBJECT:
+            raise FetchRefused(
+                FetchErrorCode.INVALID_JOINING_REQUEST_ID,
+                "no Largest Object subscription with that request id",
+            )
+        if sub.track.state != Track.LIVE:
+            raise FetchRefused(FetchErrorCode.TRACK_DOES_NOT_EXIST, "track not live yet")
+        return sub.track, joining_range(msg, sub.largest_at_start)
 
     def _on_track_status(self, msg: c.TrackStatus) -> None:
-        track = self.relay.tracks.get((msg.namespace, msg.track_name))
-        if track is None or track.state != Track.LIVE:
+        relay = self.relay
+        track = relay.tracks.get((msg.namespace, msg.track_name))
+        if track is not None and track.state == Track.LIVE:
+            self.session.send(
+                c.TrackStatusOk(msg.request_id, 0, 0, track.group_order, track.largest, [])
+            )
+            return
+        publisher = relay.namespaces.lookup(msg.namespace)
+        if publisher is None or publisher is self:
             self.session.send(
                 c.TrackStatusError(
-                    msg.request_id, SubscribeErrorCode.TRACK_DOES_NOT_EXIST, "track not live here"
+                    msg.request_id, SubscribeErrorCode.TRACK_DOES_NOT_EXIST, "unknown track"
                 )
             )
             return
-        self.session.send(
-            c.TrackStatusOk(msg.request_id, 0, 0, track.group_order, track.largest, [])
-        )
+        publisher.forward_track_status(self, msg)
 
-    def _on_subscribe_namespace(self, msg: c.SubscribeNamespace) -> None:
-        self.session.send(
-            c.SubscribeNamespaceError(
-                msg.request_id,
-                SubscribeNamespaceErrorCode.NOT_SUPPORTED,
-                "SUBSCRIBE_NAMESPACE is not supported yet",
+    def forward_track_status(self, viewer: RelayPeer, msg: c.TrackStatus) -> None:
+        def make(request_id: int) -> c.ControlMessage:
+            self.status_requests[request_id] = (viewer, msg.request_id)
+            return c.TrackStatus(
+                request_id,
+                msg.namespace,
+                msg.track_name,
+                msg.subscriber_priority,
+                msg.group_order,
+                msg.forward,
+                msg.filter_type,
+                msg.start,
+                msg.end_group,
             )
-        )
 
-    def _on_publish(self, msg: c.Publish) -> None:
-        self.session.send(
-            c.PublishError(
-                msg.request_id, PublishErrorCode.NOT_SUPPORTED, "PUBLISH is not supported yet"
+        self.session.send_request(make)
+
+    def _on_track_status_answer(self, msg: c.TrackStatusOk | c.TrackStatusError) -> None:
+        asked = self.status_requests.pop(msg.request_id, None)
+        if asked is None:
+            return
+        viewer, request_id = asked
+        if isinstance(msg, c.TrackStatusOk):
+            viewer.session.send(
+                c.TrackStatusOk(request_id, 0, 0, msg.group_order, msg.largest, msg.params)
             )
-        )
+        else:
+            viewer.session.send(c.TrackStatusError(request_id, msg.error_code, msg.reason))
 
     def _on_goaway(self, msg: c.GoAway) -> None:
-        _log.info("{peer} sent GOAWAY", peer=self.session.transport.peer)
+        _log.info("{peer} sent GOAWAY", peer=self.name)
 
     def _ignore(self, msg: c.ControlMessage) -> None:
         """Messages that need no action from this relay."""

@@ -42,6 +42,11 @@ class NamespaceRegistry(Generic[Owner]):
         del self._owners[namespace]
         return True
 
+    def under(self, prefix: Namespace) -> list[Namespace]:
+        """Announced namespaces that ``prefix`` is a prefix of (or equal to)."""
+        size = len(prefix)
+        return [ns for ns in self._owners if ns[:size] == prefix]
+
     def lookup(self, track_namespace: Namespace) -> Owner | None:
         """The owner of the longest announced prefix of ``track_namespace``."""
         owners = self._owners

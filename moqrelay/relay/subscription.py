@@ -16,7 +16,7 @@ from moqrelay.relay.serve import DownstreamStream, SessionWriter
 from moqrelay.relay.tracks import Subgroup, Track
 from moqrelay.wire import control as c
 from moqrelay.wire.control import Location
-from moqrelay.wire.errors import PublishDoneCode, StreamResetCode
+from moqrelay.wire.errors import ProtocolViolation, PublishDoneCode, StreamResetCode
 
 if TYPE_CHECKING:
     from moqrelay.relay.hub import RelayConfig, RelayPeer
@@ -30,18 +30,35 @@ class Subscription:
 
     PENDING, ACTIVE, DRAINING, CLOSED = "pending", "active", "draining", "closed"
 
-    def __init__(self, peer: RelayPeer, track: Track, msg: c.Subscribe) -> None:
+    def __init__(
+        self,
+        peer: RelayPeer,
+        track: Track,
+        request_id: int,
+        *,
+        priority: int,
+        group_order: int,
+        forward: bool,
+        filter_type: int,
+        start: Location | None,
+        end_group: int | None,
+        answer: bool = True,
+    ) -> None:
         self.peer = peer
         self.track = track
-        self.request_id = msg.request_id
-        self.alias = msg.request_id
-        self.priority = msg.subscriber_priority
-        self.group_order = msg.group_order
-        self.forward = bool(msg.forward)
-        self.filter_type = msg.filter_type
-        self.requested_start = msg.start
-        self.end_group = msg.end_group if msg.filter_type == c.FILTER_ABSOLUTE_RANGE else None
+        self.request_id = request_id
+        # Aliases: a viewer's SUBSCRIBE gets its own request id; a relay PUBLISH, ours.
+        self.alias = request_id
+        self.priority = priority
+        self.group_order = group_order
+        self.forward = forward
+        self.filter_type = filter_type
+        self.requested_start = start
+        self.end_group = end_group if filter_type == c.FILTER_ABSOLUTE_RANGE else None
+        # Whether activation answers with SUBSCRIBE_OK (not for PUBLISH, already answered).
+        self.answer = answer
         self.start = Location(0, 0)
+        self.largest_at_start: Location | None = None
         self.state = Subscription.PENDING
         self.streams: dict[Subgroup, DownstreamStream] = {}
         self.streams_opened = 0
@@ -49,6 +66,35 @@ class Subscription:
         self.done_status: int = PublishDoneCode.TRACK_ENDED
         self.done_reason = ""
         self._drain_timer: IDelayedCall | None = None
+
+    @classmethod
+    def from_subscribe(cls, peer: RelayPeer, track: Track, msg: c.Subscribe) -> Subscription:
+        return cls(
+            peer,
+            track,
+            msg.request_id,
+            priority=msg.subscriber_priority,
+            group_order=msg.group_order,
+            forward=bool(msg.forward),
+            filter_type=msg.filter_type,
+            start=msg.start,
+            end_group=msg.end_group,
+        )
+
+    @classmethod
+    def from_publish_ok(cls, peer: RelayPeer, track: Track, msg: c.PublishOk) -> Subscription:
+        return cls(
+            peer,
+            track,
+            msg.request_id,
+            priority=msg.subscriber_priority,
+            group_order=msg.group_order,
+            forward=bool(msg.forward),
+            filter_type=msg.filter_type,
+            start=msg.start,
+            end_group=msg.end_group,
+            answer=False,
+        )
 
     @property
     def session(self) -> MoqtSession:
@@ -90,9 +136,11 @@ class Subscription:
             assert self.requested_start is not None
             start = self.requested_start
         self.start = start
+        self.largest_at_start = largest
         self.state = Subscription.ACTIVE
-        order = self.group_order or track.group_order
-        self.session.send(c.SubscribeOk(self.request_id, self.alias, 0, order, largest, []))
+        if self.answer:
+            order = self.group_order or track.group_order
+            self.session.send(c.SubscribeOk(self.request_id, self.alias, 0, order, largest, []))
         for subgroup in list(track.cached_subgroups(start.group)):
             if self.state != Subscription.ACTIVE:
                 break
@@ -101,8 +149,25 @@ class Subscription:
     def fail(self, code: int, reason: str) -> None:
         """The upstream subscription failed before it went live."""
         self.state = Subscription.CLOSED
-        self.session.send(c.SubscribeError(self.request_id, code, reason))
+        if self.answer:
+            self.session.send(c.SubscribeError(self.request_id, code, reason))
         self.peer.subscription_finished(self)
+
+    def update(self, msg: c.SubscribeUpdate) -> None:
+        """SUBSCRIBE_UPDATE: the subscription may only narrow."""
+        new_end = msg.end_group - 1 if msg.end_group else None
+        if self.state == Subscription.ACTIVE and msg.start < self.start:
+            raise ProtocolViolation("SUBSCRIBE_UPDATE moved the start backwards")
+        if self.end_group is not None and (new_end is None or new_end > self.end_group):
+            raise ProtocolViolation("SUBSCRIBE_UPDATE moved the end group forwards")
+        if self.state == Subscription.ACTIVE:
+            self.start = msg.start
+        else:
+            self.filter_type = c.FILTER_ABSOLUTE_START
+            self.requested_start = msg.start
+        self.end_group = new_end
+        self.priority = msg.subscriber_priority
+        self.forward = bool(msg.forward)
 
     def object_available(self, subgroup: Subgroup) -> None:
         """``subgroup`` has a new object (or, on activation, cached ones)."""

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from twisted.internet.interfaces import IDelayedCall
+
 from moqrelay.wire.control import Location
 from moqrelay.wire.data import encode_subgroup_object
 
@@ -101,10 +103,18 @@ class Track:
         self.subscriptions: dict[Subscription, None] = {}
         self.end_status: int | None = None
         self.end_reason = ""
-        # The upstream subscription that feeds the track.
+        # The upstream subscription (or PUBLISH) that feeds the track.
         self.publisher: RelayPeer | None = None
         self.upstream_request_id: int | None = None
         self.alias: int | None = None
+        # Pushed with PUBLISH: lives while its publisher keeps it, watched or not.
+        self.pushed = False
+        self.upstream_streams = 0
+        self.upstream_open = 0
+        # The publisher's PUBLISH_DONE (status, reason, stream count), applied once
+        # every stream it announced has arrived and ended, or after the drain time.
+        self.pending_done: tuple[int, str, int] | None = None
+        self.done_timer: IDelayedCall | None = None
 
     @property
     def namespace(self) -> tuple[bytes, ...]:
@@ -174,6 +184,11 @@ class Track:
             for subgroup in group.subgroups:
                 if not subgroup.closed:
                     yield subgroup
+
+    def cancel_done_timer(self) -> None:
+        if self.done_timer is not None and self.done_timer.active():
+            self.done_timer.cancel()
+        self.done_timer = None
 
     def drop_cache(self) -> None:
         self.groups = {}

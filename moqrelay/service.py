@@ -17,10 +17,12 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from moqrelay.client.connect import open_transport
 from moqrelay.relay.hub import Relay, RelayConfig
+from moqrelay.relay.upstream import UpstreamLink
 from moqrelay.session import MoqtSession, SessionLimits
 from moqrelay.tls import CertificateChain, generate_dev_chain
-from moqrelay.transport.interfaces import ISessionHandler, ITransportSession
+from moqrelay.transport.interfaces import HandlerFactory, ISessionHandler, ITransportSession
 from moqrelay.transport.quic import QuicEndpoint
 from moqrelay.transport.websocket import WebSocketTransportFactory
 from moqrelay.web import make_web_site, tls_context_factory
@@ -100,6 +102,21 @@ def _port_number(port: IListeningPort) -> int:
     return int(getattr(port.getHost(), "port", 0))
 
 
+class _UpstreamService(Service):
+    """Runs the --announce link while the relay runs."""
+
+    def __init__(self, link: UpstreamLink) -> None:
+        self.link = link
+
+    def startService(self) -> None:
+        super().startService()
+        self.link.start()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.link.stop()
+
+
 class RelayService(MultiService):
     """The whole relay: one Relay, its listeners, and a clean stop."""
 
@@ -116,6 +133,9 @@ class RelayService(MultiService):
         quic_retry: bool = False,
         idle_timeout: float = 30.0,
         max_message_size: int = 1 << 20,
+        announce: str | None = None,
+        announce_verify: bool = True,
+        announce_fingerprint: str | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -153,6 +173,16 @@ class RelayService(MultiService):
         )
         self.quic_service = _QuicService(reactor, host, port, self.quic)
         self.quic_service.setServiceParent(self)
+        self.upstream: UpstreamLink | None = None
+        if announce is not None:
+
+            def connector(url: str, factory: HandlerFactory) -> Deferred[ITransportSession]:
+                return open_transport(
+                    reactor, url, factory, verify=announce_verify, fingerprint=announce_fingerprint
+                )
+
+            self.upstream = UpstreamLink(reactor, self.relay, announce, connector, limits=limits)
+            _UpstreamService(self.upstream).setServiceParent(self)
 
     @classmethod
     def from_options(cls, options: Options, reactor: Any) -> RelayService:
@@ -177,11 +207,6 @@ class RelayService(MultiService):
             request_window=options["request-window"],
             max_incoming_streams=options["max-streams"],
         )
-        if options["announce"]:
-            _log.warn(
-                "--announce {url}: relay chaining is not built yet; serving local tracks only",
-                url=options["announce"],
-            )
         return cls(
             reactor,
             bind=options["bind-address"],
@@ -193,6 +218,9 @@ class RelayService(MultiService):
             quic_retry=options["quic-retry"],
             idle_timeout=options["idle-timeout"],
             max_message_size=options["max-message-size"],
+            announce=options["announce"],
+            announce_verify=not options["announce-insecure"],
+            announce_fingerprint=options["announce-fingerprint"],
         )
 
     def handler_factory(self, transport: ITransportSession) -> ISessionHandler:
@@ -214,6 +242,8 @@ class RelayService(MultiService):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        if self.upstream is not None:
+            await self.upstream.stop()
         peers = list(self.relay.peers)
         if peers:
             _log.info("shutting down: GOAWAY to {n} sessions", n=len(peers))

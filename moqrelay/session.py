@@ -45,6 +45,9 @@ from moqrelay.wire.errors import ProtocolViolation, SessionErrorCode
 _log = Logger()
 
 IMPLEMENTATION = b"moqrelay/0.1"
+# What a relay's own upstream session says it is: other relays never forward its
+# requests or announcements further (see moqrelay/relay/upstream.py).
+RELAY_IMPLEMENTATION = b"moqrelay-relay/0.1"
 
 REQUEST_TYPES: tuple[type, ...] = (
     c.Subscribe,
@@ -212,7 +215,8 @@ class MoqtSession:
                 if authority:
                     params.append((c.SETUP_AUTHORITY, authority.encode()))
             params.append((c.SETUP_MAX_REQUEST_ID, self._peer_max_id))
-            params.append((c.SETUP_MOQT_IMPLEMENTATION, IMPLEMENTATION))
+            if c.get_param(params, c.SETUP_MOQT_IMPLEMENTATION) is None:
+                params.append((c.SETUP_MOQT_IMPLEMENTATION, IMPLEMENTATION))
             self._write_control(c.ClientSetup([c.DRAFT_14], params))
 
     # -- sending ---------------------------------------------------------

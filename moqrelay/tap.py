@@ -72,6 +72,11 @@ class Options(usage.Options):
         ],
         ["quic-retry", None, "Answer new QUIC connections with a Retry (address validation)."],
         [
+            "announce-insecure",
+            None,
+            "Do not verify the --announce relay's certificate (development only).",
+        ],
+        [
             "strict-filters",
             None,
             "Start Largest Object subscriptions after the largest object, "
@@ -93,6 +98,13 @@ class Options(usage.Options):
             None,
             "URL of an upstream relay (moqt://, https://, wss://) to "
             "announce local namespaces to and pull unknown tracks from.",
+        ],
+        [
+            "announce-fingerprint",
+            None,
+            None,
+            "Pin the --announce relay's certificate by the hex SHA-256 of its leaf "
+            "instead of verifying it.",
         ],
         [
             "setup-timeout",

@@ -46,33 +46,44 @@ class RelayFixture(TestCase):
     config = RelayConfig()
 
     async def start_relay(self) -> None:
-        self.service = RelayService(
-            reactor,
-            bind=("127.0.0.1", 0),
-            chains=[CHAIN],
-            config=self.config,
-            limits=self.limits,
-            dev=True,
-        )
-        self.service.startService()
+        self.service = await self.new_relay()
         self.clients: list[MoqtClient] = []
         (self.tcp_port,) = await self.service.tcp_ports()
         self.udp_port = self.service.udp_port()
         self.addCleanup(self.stop_all)
 
-    def url(self, scheme: str) -> str:
-        port = self.tcp_port if scheme in ("ws", "wss") else self.udp_port
-        return f"{scheme}://127.0.0.1:{port}/moq"
+    async def new_relay(self, port: int = 0, announce: str | None = None) -> RelayService:
+        service = RelayService(
+            reactor,
+            bind=("127.0.0.1", port),
+            chains=[CHAIN],
+            config=self.config,
+            limits=self.limits,
+            dev=True,
+            announce=announce,
+            announce_verify=False,
+        )
+        if service.upstream is not None:
+            service.upstream.initial_delay = service.upstream.delay = 0.05
+            service.upstream.max_delay = 0.2
+        service.startService()
+        await service.tcp_ports()
+        return service
 
-    async def client(self, scheme: str = "wss") -> MoqtClient:
+    def url(self, scheme: str, service: RelayService | None = None) -> str:
+        return relay_url(service or self.service, scheme)
+
+    async def client(self, scheme: str = "wss", service: RelayService | None = None) -> MoqtClient:
         client = await connect(
-            reactor, self.url(scheme), verify=False, fingerprint=None, limits=self.limits
+            reactor, self.url(scheme, service), verify=False, fingerprint=None, limits=self.limits
         )
         self.clients.append(client)
         return client
 
-    async def publisher(self, scheme: str = "wss") -> tuple[MoqtClient, TrackPublisher]:
-        client = await self.client(scheme)
+    async def publisher(
+        self, scheme: str = "wss", service: RelayService | None = None
+    ) -> tuple[MoqtClient, TrackPublisher]:
+        client = await self.client(scheme, service)
         await client.announce(NS)
         return client, client.offer_track(NS, b"video")
 
@@ -99,6 +110,14 @@ def _quic_is_quiet() -> bool:
         c for c in reactor.getDelayedCalls() if "Quic" in repr(c) or "WebTransport" in repr(c)
     ]
     return not (ports or calls)
+
+
+def relay_url(service: RelayService, scheme: str) -> str:
+    if scheme in ("ws", "wss"):
+        (port,) = [p.port.getHost().port for p in service.web_services if p.port is not None]  # type: ignore[attr-defined]
+    else:
+        port = service.udp_port()
+    return f"{scheme}://127.0.0.1:{port}/moq"
 
 
 def send_groups(track: TrackPublisher, groups: int, per_group: int, size: int = 100) -> None:
@@ -130,6 +149,74 @@ class WebSocketFanOutTests(RelayFixture):
                 all(o.payload == bytes([o.group_id, o.object_id]) * 50 for o in rec.objects)
             )
             self.assertTrue(all(o.subgroup_id == 0 for o in rec.objects))
+
+
+class ChainingTests(RelayFixture):
+    """Relay B runs with --announce pointing at relay A."""
+
+    config = RelayConfig(drain_timeout=0.2)
+
+    async def chain(self, scheme: str) -> RelayService:
+        await self.start_relay()
+        edge = await self.new_relay(announce=self.url(scheme))
+        self.addCleanup(self.stop_edge, edge)
+        await wait_until(lambda: edge.relay.upstream_peer is not None)
+        return edge
+
+    async def stop_edge(self, edge: RelayService) -> None:
+        if edge.running:
+            await edge.stopService()
+
+    async def pull_and_forward(self, scheme: str) -> None:
+        edge = await self.chain(scheme)
+        _, origin_track = await self.publisher("wss")
+        _, edge_track = await self.client_publisher(edge, (b"edge",))
+        await wait_until(lambda: (b"edge",) in self.service.relay.namespaces)
+        on_edge, on_origin = Recorder(), Recorder()
+        await (await self.client("wss", edge)).subscribe(NS, b"video", on_edge)
+        await (await self.client("wss")).subscribe((b"edge",), b"video", on_origin)
+        send_groups(origin_track, 2, 10)
+        send_groups(edge_track, 2, 10)
+        await wait_until(lambda: len(on_edge.objects) == 20 and len(on_origin.objects) == 20)
+        self.assertEqual(sorted(on_edge.ids()), expected(2, 10))
+        self.assertEqual(sorted(on_origin.ids()), expected(2, 10))
+
+    async def client_publisher(
+        self, service: RelayService, namespace: tuple[bytes, ...]
+    ) -> tuple[MoqtClient, TrackPublisher]:
+        client = await self.client("wss", service)
+        await client.announce(namespace)
+        return client, client.offer_track(namespace, b"video")
+
+    async def test_pull_through_and_forwarding_over_quic(self) -> None:
+        await self.pull_and_forward("moqt")
+
+    async def test_pull_through_and_forwarding_over_websocket(self) -> None:
+        await self.pull_and_forward("wss")
+
+    async def test_origin_killed_and_restarted(self) -> None:
+        edge = await self.chain("wss")
+        _, local_track = await self.client_publisher(edge, (b"local",))
+        local = Recorder()
+        await (await self.client("wss", edge)).subscribe((b"local",), b"video", local)
+        await self.publisher("wss")
+        pulled = await (await self.client("wss", edge)).subscribe(NS, b"video", Recorder())
+        origin_port = self.tcp_port
+        await self.service.stopService()
+        done = await pulled.done
+        self.assertEqual(done.status_code, PublishDoneCode.GOING_AWAY)
+        send_groups(local_track, 1, 5)
+        await wait_until(lambda: len(local.objects) == 5)
+        attempts = edge.upstream.attempts  # type: ignore[union-attr]
+        await wait_until(lambda: edge.upstream.attempts >= attempts + 2)  # type: ignore[union-attr]
+        self.service = await self.new_relay(port=origin_port)
+        await wait_until(lambda: edge.relay.upstream_peer is not None, timeout=5.0)
+        await wait_until(lambda: (b"local",) in self.service.relay.namespaces)
+        _, origin_track = await self.publisher("wss")
+        again = Recorder()
+        await (await self.client("wss", edge)).subscribe(NS, b"video", again)
+        send_groups(origin_track, 1, 5)
+        await wait_until(lambda: len(again.objects) == 5)
 
 
 class ShutdownTests(RelayFixture):

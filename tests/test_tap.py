@@ -69,6 +69,18 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(len(options["chains"]), 2)
         self.assertEqual(options["listen"], ["tcp:8080", "unix:/tmp/x.sock"])
 
+    def test_announce_options_reach_the_service(self) -> None:
+        from twisted.internet.task import Clock
+
+        from moqrelay.service import RelayService
+
+        options = self.parse(
+            "--dev", "--announce", "wss://origin:4443/", "--announce-fingerprint", "ab" * 32
+        )
+        service = RelayService.from_options(options, Clock())
+        assert service.upstream is not None
+        self.assertEqual(service.upstream.url, "wss://origin:4443/")
+
     def test_limits_are_numbers(self) -> None:
         options = self.parse("--dev", "--cache-groups", "7", "--drain-timeout", "1.5")
         self.assertEqual(options["cache-groups"], 7)
@@ -113,6 +125,6 @@ class OptionsTests(SynchronousTestCase):
             "setup-timeout", "idle-timeout", "request-window", "max-subscriptions",
             "max-namespaces", "max-streams", "cache-groups", "cache-bytes", "max-queued-bytes",
             "max-lag-groups", "max-skipped-groups", "drain-timeout", "max-message-size",
-            "strict-filters",
+            "strict-filters", "announce-insecure", "announce-fingerprint",
         ):  # fmt: skip
             self.assertIn(f"--{name}", text)

@@ -14,9 +14,35 @@ from twisted.internet.defer import Deferred
 
 from moqrelay.client.api import MoqtClient
 from moqrelay.session import MoqtSession, SessionLimits
-from moqrelay.transport.interfaces import ISessionHandler, ITransportSession
+from moqrelay.transport.interfaces import HandlerFactory, ISessionHandler, ITransportSession
 
 SCHEMES = ("moqt", "https", "wss", "ws")
+
+
+def open_transport(
+    reactor: Any,
+    url: str,
+    handler_factory: HandlerFactory,
+    *,
+    verify: bool = True,
+    fingerprint: str | None = None,
+    timeout: float = 10.0,
+) -> Deferred[ITransportSession]:
+    """A transport session to ``url``, over the transport its scheme names."""
+    scheme = urlsplit(url).scheme
+    if scheme not in SCHEMES:
+        raise ValueError(f"{url!r}: the scheme must be one of {', '.join(SCHEMES)}")
+    if scheme in ("ws", "wss"):
+        from moqrelay.transport.websocket import connect_websocket
+
+        return connect_websocket(
+            reactor, url, handler_factory, verify=verify, fingerprint=fingerprint, timeout=timeout
+        )
+    from moqrelay.transport.quic import connect_quic
+
+    return connect_quic(
+        reactor, url, handler_factory, verify=verify, fingerprint=fingerprint, timeout=timeout
+    )
 
 
 def connect(
@@ -29,9 +55,6 @@ def connect(
     limits: SessionLimits | None = None,
 ) -> Deferred[MoqtClient]:
     """A `MoqtClient` whose SETUP is done, or a failure saying why not."""
-    scheme = urlsplit(url).scheme
-    if scheme not in SCHEMES:
-        raise ValueError(f"{url!r}: the scheme must be one of {', '.join(SCHEMES)}")
     sessions: list[MoqtSession] = []
 
     def handler_factory(transport: ITransportSession) -> ISessionHandler:
@@ -39,19 +62,9 @@ def connect(
         sessions.append(session)
         return session
 
-    connected: Deferred[ITransportSession]
-    if scheme in ("ws", "wss"):
-        from moqrelay.transport.websocket import connect_websocket
-
-        connected = connect_websocket(
-            reactor, url, handler_factory, verify=verify, fingerprint=fingerprint, timeout=timeout
-        )
-    else:
-        from moqrelay.transport.quic import connect_quic
-
-        connected = connect_quic(
-            reactor, url, handler_factory, verify=verify, fingerprint=fingerprint, timeout=timeout
-        )
+    connected = open_transport(
+        reactor, url, handler_factory, verify=verify, fingerprint=fingerprint, timeout=timeout
+    )
 
     def ready(_: ITransportSession) -> Deferred[MoqtClient]:
         app = sessions[0].app

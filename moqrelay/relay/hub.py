@@ -36,7 +36,7 @@ from moqrelay.relay.reaper import Reaper
 from moqrelay.relay.serve import SessionWriter
 from moqrelay.relay.subscription import Subscription
 from moqrelay.relay.tracks import Track, TrackKey
-from moqrelay.session import IncomingData, MoqtSession, SessionApp
+from moqrelay.session import RELAY_IMPLEMENTATION, IncomingData, MoqtSession, SessionApp
 from moqrelay.wire import control as c
 from moqrelay.wire.data import FetchObject, ObjectDatagram, ObjectRecord, SubgroupHeader
 from moqrelay.wire.errors import (
@@ -85,6 +85,8 @@ class Relay:
         self.namespaces: NamespaceRegistry[RelayPeer] = NamespaceRegistry()
         self.tracks: dict[TrackKey, Track] = {}
         self.peers: dict[RelayPeer, None] = {}
+        # The --announce session, once its SETUP is done.
+        self.upstream_peer: RelayPeer | None = None
 
     def app_factory(self, session: MoqtSession) -> SessionApp:
         peer = RelayPeer(self, session)
@@ -105,10 +107,23 @@ class Relay:
     def namespace_added(self, namespace: Namespace, owner: RelayPeer) -> None:
         for peer in self.watchers(namespace, owner):
             peer.send_publish_namespace(namespace)
+        upstream = self.upstream_peer
+        if upstream is not None and not owner.is_relay:
+            upstream.send_publish_namespace(namespace)
 
     def namespace_removed(self, namespace: Namespace, owner: RelayPeer) -> None:
         for peer in self.watchers(namespace, owner):
             peer.session.send(c.PublishNamespaceDone(namespace))
+        upstream = self.upstream_peer
+        if upstream is not None and not owner.is_relay:
+            upstream.session.send(c.PublishNamespaceDone(namespace))
+
+    def upstream_ready(self, peer: RelayPeer) -> None:
+        """The --announce session is up: announce every namespace local publishers hold."""
+        self.upstream_peer = peer
+        for namespace, owner in self.namespaces.items():
+            if not owner.is_relay:
+                peer.send_publish_namespace(namespace)
 
     # -- subscriptions -----------------------------------------------------------
 
@@ -135,7 +150,7 @@ class Relay:
                 )
             )
             return
-        track = self.track_for(msg.namespace, msg.track_name)
+        track = self.track_for(msg.namespace, msg.track_name, viewer)
         if track is None:
             session.send(
                 c.SubscribeError(
@@ -147,14 +162,20 @@ class Relay:
             return
         self.attach(viewer, track, Subscription.from_subscribe(viewer, track, msg))
 
-    def track_for(self, namespace: Namespace, name: bytes) -> Track | None:
-        """The live or pending track, or a new one subscribed upstream; None if nobody has it."""
+    def track_for(self, namespace: Namespace, name: bytes, viewer: RelayPeer) -> Track | None:
+        """The live or pending track, or a new one subscribed upstream; None if nobody has it.
+
+        With no local publisher, a viewer's request is pulled through the --announce
+        relay; another relay's request never is (no loops).
+        """
         key: TrackKey = (namespace, name)
         track = self.tracks.get(key)
         if track is not None:
             return track
         publisher = self.namespaces.lookup(namespace)
-        if publisher is None:
+        if publisher is None and not viewer.is_relay:
+            publisher = self.upstream_peer
+        if publisher is None or publisher is viewer:
             return None
         track = Track(key, self.config.cache_groups, self.config.cache_bytes)
         self.tracks[key] = track
@@ -247,6 +268,8 @@ class Relay:
     def peer_gone(self, peer: RelayPeer) -> None:
         """Flat teardown of everything a closed session owned."""
         self.peers.pop(peer, None)
+        if self.upstream_peer is peer:
+            self.upstream_peer = None
         for namespace in peer.namespaces:
             if self.namespaces.remove(namespace, peer):
                 self.namespace_removed(namespace, peer)
@@ -258,14 +281,11 @@ class Relay:
         tracks = list(peer.upstream.values())
         peer.upstream = {}
         peer.tracks_by_alias = {}
-        self.reaper.extend(
-            [
-                partial(
-                    self.end_track, track, PublishDoneCode.TRACK_ENDED, "publisher disconnected"
-                )
-                for track in tracks
-            ]
-        )
+        if peer.is_upstream:
+            status, reason = PublishDoneCode.GOING_AWAY, "upstream relay disconnected"
+        else:
+            status, reason = PublishDoneCode.TRACK_ENDED, "publisher disconnected"
+        self.reaper.extend([partial(self.end_track, track, status, reason) for track in tracks])
 
 
 class RelayPeer:
@@ -274,6 +294,9 @@ class RelayPeer:
     def __init__(self, relay: Relay, session: MoqtSession) -> None:
         self.relay = relay
         self.session = session
+        # Another relay (it says so in MOQT_IMPLEMENTATION), or our --announce upstream.
+        self.is_relay = False
+        self.is_upstream = False
         config = relay.config
         self.writer = SessionWriter(relay.reactor, session.transport, config.max_queued_bytes)
         self.subscriptions: dict[int, Subscription] = {}
@@ -322,6 +345,9 @@ class RelayPeer:
     # -- SessionApp ----------------------------------------------------------
 
     def session_ready(self) -> None:
+        implementation = c.get_param(self.session.peer_params, c.SETUP_MOQT_IMPLEMENTATION)
+        if implementation == RELAY_IMPLEMENTATION:
+            self.is_relay = True
         _log.info(
             "session from {peer} over {transport} ready (path {path!r})",
             peer=self.name,

@@ -25,6 +25,9 @@ class NamespaceRegistry(Generic[Owner]):
     def __contains__(self, namespace: Namespace) -> bool:
         return namespace in self._owners
 
+    def items(self) -> list[tuple[Namespace, Owner]]:
+        return list(self._owners.items())
+
     def owner(self, namespace: Namespace) -> Owner | None:
         return self._owners.get(namespace)
 

@@ -515,3 +515,29 @@ class PublishDoneOrderingTests(SynchronousTestCase):
         clock.advance(3.0)
         settle(clock)
         self.assertEqual(self.successResultOf(sub.done).status_code, PublishDoneCode.TRACK_ENDED)
+
+
+class DatagramTests(SynchronousTestCase):
+    def test_datagrams_go_as_datagrams_or_on_streams(self) -> None:
+        world = MemoryRelay()
+        clock = world.clock
+        publisher, _, _ = world.connect()
+        publisher.announce(NS)
+        settle(clock)
+        track = publisher.offer_track(NS, b"audio")
+        quic_like, quic_side, _ = world.connect()
+        ws_like, ws_side, ws_relay_side = world.connect()
+        # The relay's side of this viewer has no datagrams, like a WebSocket session.
+        ws_relay_side.handler.app.takes_datagrams = False  # type: ignore[union-attr]
+        by_datagram, by_stream = Recorder(), Recorder()
+        quic_like.subscribe(NS, b"audio", by_datagram)
+        ws_like.subscribe(NS, b"audio", by_stream)
+        settle(clock)
+        for obj in range(3):
+            track.send_datagram(0, obj, b"d%d" % obj)
+        settle(clock)
+        self.assertEqual(by_datagram.ids(), [(0, 0), (0, 1), (0, 2)])
+        self.assertEqual(by_stream.ids(), [(0, 0), (0, 1), (0, 2)])
+        self.assertEqual(by_stream.objects[2].payload, b"d2")
+        self.assertEqual(len(quic_side.datagrams_received), 3)
+        self.assertEqual(ws_side.datagrams_received, [])

@@ -261,6 +261,23 @@ class MixedTransportTests(RelayFixture):
     async def test_quic_publisher_to_websocket_and_webtransport_viewers(self) -> None:
         await self.check("moqt", ["wss", "https", "moqt"])
 
+    async def test_datagrams_reach_quic_as_datagrams_and_websocket_on_streams(self) -> None:
+        await self.start_relay()
+        _, track = await self.publisher("moqt")
+        recorders, subs = [], []
+        for scheme in ("moqt", "wss", "https"):
+            viewer = await self.client(scheme)
+            rec = Recorder()
+            subs.append(await viewer.subscribe(NS, b"video", rec))
+            recorders.append(rec)
+        for obj in range(20):
+            track.send_datagram(0, obj, b"small %d" % obj)
+        await wait_until(lambda: all(len(r.objects) == 20 for r in recorders))
+        for rec in recorders:
+            self.assertEqual(sorted(rec.ids()), expected(1, 20))
+        # QUIC and WebTransport viewers got datagrams, the WebSocket one 20 streams.
+        self.assertEqual([sub.streams_seen for sub in subs], [0, 20, 0])
+
     async def test_websocket_publisher_to_quic_viewer(self) -> None:
         await self.check("wss", ["moqt"])
 

@@ -27,6 +27,7 @@ from moqrelay.wire.data import (
     ObjectDatagram,
     ObjectRecord,
     SubgroupHeader,
+    encode_datagram,
     encode_subgroup_header,
     encode_subgroup_object,
 )
@@ -174,6 +175,20 @@ class TrackPublisher:
                     encode_subgroup_object(0, payload, extensions=None, status=status)
                 )
                 sub.next_id = object_id + 1
+
+    def send_datagram(self, group_id: int, object_id: int, payload: bytes) -> None:
+        """Send one object as an OBJECT_DATAGRAM to every subscriber."""
+        location = Location(group_id, object_id)
+        if self.largest is None or location > self.largest:
+            self.largest = location
+        for down in self.subscribers.values():
+            self.client.session.transport.send_datagram(
+                encode_datagram(
+                    ObjectDatagram(
+                        down.alias, group_id, object_id, self.priority, b"", payload, None, False
+                    )
+                )
+            )
 
     def end_subgroup(self, group_id: int, subgroup_id: int = 0) -> None:
         for down in self.subscribers.values():

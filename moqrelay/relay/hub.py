@@ -297,6 +297,7 @@ class RelayPeer:
         # Another relay (it says so in MOQT_IMPLEMENTATION), or our --announce upstream.
         self.is_relay = False
         self.is_upstream = False
+        self.takes_datagrams = bool(session.transport.supports_datagrams)
         config = relay.config
         self.writer = SessionWriter(relay.reactor, session.transport, config.max_queued_bytes)
         self.subscriptions: dict[int, Subscription] = {}
@@ -402,7 +403,8 @@ class RelayPeer:
             self.relay.maybe_finish(track)
 
     def datagram(self, datagram: ObjectDatagram) -> None:
-        """Datagram objects reach every viewer on a one-object subgroup stream."""
+        """A datagram object is cached as a one-object subgroup; viewers whose transport
+        has datagrams get it as a datagram, the others (WebSocket) on a subgroup stream."""
         track = self.tracks_by_alias.get(datagram.track_alias)
         if track is None or track.state == Track.ENDED:
             return
@@ -412,6 +414,7 @@ class RelayPeer:
             datagram.publisher_priority,
             bool(datagram.extensions),
         )
+        subgroup.datagram = datagram
         status = datagram.status if datagram.status is not None else 0
         track.add_object(
             subgroup, datagram.object_id, datagram.payload, status, datagram.extensions

@@ -8,6 +8,7 @@ PUBLISH_DONE only after all of its streams are closed.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IDelayedCall
@@ -16,6 +17,7 @@ from moqrelay.relay.serve import DownstreamStream, SessionWriter
 from moqrelay.relay.tracks import Subgroup, Track
 from moqrelay.wire import control as c
 from moqrelay.wire.control import Location
+from moqrelay.wire.data import ObjectDatagram, encode_datagram
 from moqrelay.wire.errors import ProtocolViolation, PublishDoneCode, StreamResetCode
 
 if TYPE_CHECKING:
@@ -173,6 +175,9 @@ class Subscription:
         """``subgroup`` has a new object (or, on activation, cached ones)."""
         if self.state != Subscription.ACTIVE or not self.forward:
             return
+        if subgroup.datagram is not None and self.peer.takes_datagrams:
+            self._send_datagram(subgroup.datagram)
+            return
         stream = self.streams.get(subgroup)
         if stream is None:
             group_id = subgroup.group_id
@@ -188,6 +193,17 @@ class Subscription:
                 if self.state != Subscription.ACTIVE:
                     return
         stream.pump()
+
+    def _send_datagram(self, datagram: ObjectDatagram) -> None:
+        group_id = datagram.group_id
+        if (group_id, datagram.object_id) < self.start:
+            return
+        if self.end_group is not None and group_id > self.end_group:
+            self.end(PublishDoneCode.SUBSCRIPTION_ENDED, "end of the requested range")
+            return
+        self.session.transport.send_datagram(
+            encode_datagram(dataclasses.replace(datagram, track_alias=self.alias))
+        )
 
     def subgroup_closed(self, subgroup: Subgroup) -> None:
         stream = self.streams.get(subgroup)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from twisted.internet.interfaces import IDelayedCall
 
 from moqrelay.wire.control import Location
-from moqrelay.wire.data import encode_subgroup_object
+from moqrelay.wire.data import ObjectDatagram, encode_subgroup_object
 
 if TYPE_CHECKING:
     from moqrelay.relay.hub import RelayPeer
@@ -57,6 +57,7 @@ class Subgroup:
     __slots__ = (
         "__weakref__",
         "closed",
+        "datagram",
         "group_id",
         "has_extensions",
         "objects",
@@ -75,6 +76,8 @@ class Subgroup:
         self.objects: list[CachedObject] = []
         self.closed = False
         self.reset_code: int | None = None
+        # Set when the object arrived as a datagram.
+        self.datagram: ObjectDatagram | None = None
 
 
 class Group:

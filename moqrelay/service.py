@@ -7,6 +7,8 @@ so nothing the relay owned outlives the service.
 
 from __future__ import annotations
 
+import signal
+import threading
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService, Service
@@ -21,7 +23,7 @@ from moqrelay.client.connect import open_transport
 from moqrelay.relay.hub import Relay, RelayConfig
 from moqrelay.relay.upstream import UpstreamLink
 from moqrelay.session import MoqtSession, SessionLimits
-from moqrelay.tls import CertificateChain, generate_dev_chain
+from moqrelay.tls import CertificateChain, CertificateError, generate_dev_chain, load_chain
 from moqrelay.transport.interfaces import HandlerFactory, ISessionHandler, ITransportSession
 from moqrelay.transport.quic import QuicEndpoint
 from moqrelay.transport.websocket import WebSocketTransportFactory
@@ -155,7 +157,10 @@ class RelayService(MultiService):
         site = make_web_site(
             reactor, self.ws_factory, fingerprint=chains[0].fingerprint() if dev else None
         )
-        tls = tls_context_factory(chains)
+        self.tls = tls = tls_context_factory(chains)
+        # (cert, key) paths to read again on SIGHUP; empty for --dev.
+        self.cert_paths: list[tuple[str, str]] = []
+        self._previous_sighup: Any = None
         tcp_endpoint = SSL4ServerEndpoint(reactor, port, tls, interface=host)
         _EndpointService(tcp_endpoint, site, f"tcp {host}:{port} (TLS)").setServiceParent(self)
         for description in listen or []:
@@ -207,7 +212,7 @@ class RelayService(MultiService):
             request_window=options["request-window"],
             max_incoming_streams=options["max-streams"],
         )
-        return cls(
+        service = cls(
             reactor,
             bind=options["bind-address"],
             chains=chains,
@@ -222,9 +227,43 @@ class RelayService(MultiService):
             announce_verify=not options["announce-insecure"],
             announce_fingerprint=options["announce-fingerprint"],
         )
+        service.cert_paths = list(zip(options["tls-cert"], options["tls-key"], strict=True))
+        return service
 
     def handler_factory(self, transport: ITransportSession) -> ISessionHandler:
         return MoqtSession(transport, self.reactor, self.relay.app_factory, self.limits)
+
+    def reload_certificates(self) -> bool:
+        """Read the certificate files again and serve them to new connections.
+
+        Live sessions keep their certificate. A file that cannot be read leaves
+        everything as it was; the error is logged.
+        """
+        if not self.cert_paths:
+            _log.info("certificate reload: no certificate files (--dev); nothing to do")
+            return False
+        try:
+            chains = [load_chain(cert, key) for cert, key in self.cert_paths]
+        except CertificateError as e:
+            _log.error("certificate reload failed, keeping the old ones: {e}", e=e)
+            return False
+        self.chains = chains
+        self.tls.reload(chains)
+        self.quic.set_chains(chains)
+        _log.info(
+            "reloaded {n} certificate(s); leaf SHA-256 {fp}",
+            n=len(chains),
+            fp=chains[0].fingerprint(),
+        )
+        return True
+
+    def startService(self) -> None:
+        super().startService()
+        if hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
+            self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
+
+    def _sighup(self, signum: int, frame: object) -> None:
+        self.reactor.callFromThread(self.reload_certificates)
 
     async def tcp_ports(self) -> list[int]:
         """The TCP ports of the web side, in the order bind, then --listen, once listening."""
@@ -242,6 +281,9 @@ class RelayService(MultiService):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
         if self.upstream is not None:
             await self.upstream.stop()
         peers = list(self.relay.peers)

@@ -134,16 +134,23 @@ def _server_context(chain: CertificateChain) -> SSL.Context:
 
 
 @implementer(IOpenSSLContextFactory)
-class _SNIContextFactory:
-    """One OpenSSL context per chain; the first serves by default and switches on SNI."""
+class SNIContextFactory:
+    """One OpenSSL context per chain; the first serves by default and switches on SNI.
+
+    ``reload`` swaps the chains for new connections (SIGHUP).
+    """
 
     def __init__(self, chains: list[CertificateChain]) -> None:
+        self.reload(chains)
+
+    def reload(self, chains: list[CertificateChain]) -> None:
+        """Serve ``chains`` from the next connection on; open connections keep theirs."""
         if not chains:
             raise ValueError("at least one certificate chain is needed")
-        self._chains = list(chains)
-        self._contexts = [_server_context(chain) for chain in self._chains]
-        if len(self._contexts) > 1:
-            self._contexts[0].set_tlsext_servername_callback(self._server_name_received)
+        contexts = [_server_context(chain) for chain in chains]
+        if len(contexts) > 1:
+            contexts[0].set_tlsext_servername_callback(self._server_name_received)
+        self._chains, self._contexts = list(chains), contexts
 
     def getContext(self) -> SSL.Context:
         return self._contexts[0]
@@ -160,6 +167,6 @@ class _SNIContextFactory:
                 return
 
 
-def tls_context_factory(chains: list[CertificateChain]) -> IOpenSSLContextFactory:
+def tls_context_factory(chains: list[CertificateChain]) -> SNIContextFactory:
     """TLS server settings for ``listenSSL`` / ``SSL4ServerEndpoint`` (HTTP/1.1, no ALPN)."""
-    return _SNIContextFactory(chains)
+    return SNIContextFactory(chains)

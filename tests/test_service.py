@@ -7,6 +7,8 @@ the client API over WebSocket, raw QUIC and WebTransport.
 from __future__ import annotations
 
 import gc
+import os
+import signal
 import weakref
 from typing import Any
 
@@ -15,13 +17,15 @@ from twisted.internet.defer import gatherResults
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
+from moqrelay import tap
 from moqrelay.client.api import MoqtClient, TrackPublisher
 from moqrelay.client.connect import connect
 from moqrelay.relay.hub import RelayConfig
 from moqrelay.service import RelayService
 from moqrelay.session import SessionLimits
-from moqrelay.tls import generate_dev_chain
-from moqrelay.transport.quic import QuicEndpoint
+from moqrelay.tls import CertificateChain, generate_dev_chain
+from moqrelay.transport.quic import CertificateFingerprintError, QuicEndpoint
+from moqrelay.transport.websocket import WebSocketConnectError
 from moqrelay.wire.errors import PublishDoneCode
 from tests.helpers import Recorder, recursion_headroom
 
@@ -217,6 +221,45 @@ class ChainingTests(RelayFixture):
         await (await self.client("wss", edge)).subscribe(NS, b"video", again)
         send_groups(origin_track, 1, 5)
         await wait_until(lambda: len(again.objects) == 5)
+
+
+class CertificateReloadTests(RelayFixture):
+    async def test_sighup_serves_new_certificates_to_new_sessions(self) -> None:
+        first, second = generate_dev_chain(), generate_dev_chain()
+        cert, key = self.mktemp(), self.mktemp()
+        write_chain(first, cert, key)
+        options = tap.Options()
+        options.parseOptions(["--bind", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", key])
+        self.service = RelayService.from_options(options, reactor)
+        self.service.startService()
+        self.clients = []
+        self.addCleanup(self.stop_all)
+        await self.service.tcp_ports()
+        old = await self.client_pinned("wss", first.fingerprint())
+        write_chain(second, cert, key)
+        os.kill(os.getpid(), signal.SIGHUP)
+        await wait_until(lambda: self.service.chains[0].fingerprint() == second.fingerprint())
+        for scheme in ("wss", "moqt"):
+            await self.client_pinned(scheme, second.fingerprint())
+            with self.assertRaises((CertificateFingerprintError, WebSocketConnectError)):
+                await self.client_pinned(scheme, first.fingerprint())
+        self.assertFalse(old.session.closed)
+        with open(key, "wb") as f:
+            f.write(b"broken")
+        self.assertFalse(self.service.reload_certificates())
+        self.assertEqual(self.service.chains[0].fingerprint(), second.fingerprint())
+
+    async def client_pinned(self, scheme: str, fingerprint: str) -> MoqtClient:
+        client = await connect(reactor, self.url(scheme), fingerprint=fingerprint, timeout=3.0)
+        self.clients.append(client)
+        return client
+
+
+def write_chain(chain: CertificateChain, cert: str, key: str) -> None:
+    with open(cert, "wb") as f:
+        f.write(chain.cert_pem)
+    with open(key, "wb") as f:
+        f.write(chain.key_pem)
 
 
 class ShutdownTests(RelayFixture):

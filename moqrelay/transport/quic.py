@@ -605,6 +605,11 @@ class QuicEndpoint(DatagramProtocol):
         """Live connections on this endpoint."""
         return len(self._live)
 
+    def set_chains(self, chains: list[CertificateChain]) -> None:
+        """Serve ``chains`` to new connections (certificate reload); live ones keep theirs."""
+        if self._server_configuration is not None and chains:
+            self._server_configuration = self._make_server_configuration(chains[0])
+
     def _make_server_configuration(self, chain: CertificateChain) -> QuicConfiguration:
         certificates = chain.certificates()
         configuration = QuicConfiguration(

@@ -516,6 +516,24 @@ class PublishDoneOrderingTests(SynchronousTestCase):
         settle(clock)
         self.assertEqual(self.successResultOf(sub.done).status_code, PublishDoneCode.TRACK_ENDED)
 
+    def test_last_viewer_leaving_while_publish_done_drains_leaves_no_timer(self) -> None:
+        world = MemoryRelay()
+        clock = world.clock
+        publisher, _, _ = world.connect()
+        publisher.announce(NS)
+        settle(clock)
+        track = publisher.offer_track(NS, b"video")
+        viewer, _, _ = world.connect()
+        d = viewer.subscribe(NS, b"video", Recorder())
+        settle(clock)
+        (down,) = track.subscribers.values()
+        publisher.session.send(c.PublishDone(down.request_id, PublishDoneCode.TRACK_ENDED, 3, ""))
+        settle(clock)
+        self.successResultOf(d).unsubscribe()
+        settle(clock)
+        self.assertEqual(world.relay.tracks, {})
+        self.assertEqual(clock.getDelayedCalls(), [])
+
 
 class DatagramTests(SynchronousTestCase):
     def test_datagrams_go_as_datagrams_or_on_streams(self) -> None:

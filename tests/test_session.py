@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from itertools import zip_longest
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from moqrelay.client.api import TrackPublisher
 from moqrelay.relay.hub import Relay
 from moqrelay.session import MoqtSession, SessionLimits
 from moqrelay.testing import MemorySession, memory_session_pair
@@ -16,7 +21,7 @@ from moqrelay.transport.interfaces import (
     ITransportSession,
 )
 from moqrelay.wire import control as c
-from moqrelay.wire.errors import SessionErrorCode
+from moqrelay.wire.errors import ProtocolViolation, SessionErrorCode
 from tests.helpers import MemoryRelay, settle
 
 # The reference's section 12.1 and the captured @moq/lite CLIENT_SETUP (12.3).
@@ -305,3 +310,173 @@ class _NullApp:
 
     def session_ended(self, code: int, reason: str) -> None:
         """Ignored."""
+
+
+# -- random valid and invalid message sequences ------------------------------------
+
+# Weighted towards what exists, so that sequences reach deep states (live subscriptions).
+NAMESPACES = st.sampled_from([(b"a",), (b"a",), (b"a",), (b"a", b"b"), (b"c",)])
+TRACKS = st.sampled_from([b"t1", b"t1", b"t1", b"t2"])
+
+
+def _request(kind: str, rid: int, ns: tuple[bytes, ...], name: bytes) -> c.ControlMessage:
+    if kind == "subscribe":
+        return c.Subscribe(rid, ns, name, 1, 0, True, c.FILTER_LARGEST_OBJECT)
+    if kind == "announce":
+        return c.PublishNamespace(rid, ns, [])
+    if kind == "fetch":
+        return c.Fetch(rid, 1, 0, c.FETCH_STANDALONE, ns, name, c.Location(0, 0), c.Location(1, 0))
+    if kind == "joining":
+        return c.Fetch(rid, 1, 0, c.FETCH_RELATIVE_JOINING, joining_request_id=0, joining_start=1)
+    if kind == "status":
+        return c.TrackStatus(rid, ns, name, 1, 0, True, c.FILTER_LARGEST_OBJECT)
+    if kind == "namespaces":
+        return c.SubscribeNamespace(rid, ns, [])
+    if kind == "publish":
+        return c.Publish(rid, ns, name, rid, 1, None, True)
+    return c.SubscribeUpdate(rid, 0, c.Location(0, 0), 0, 1, True)
+
+
+# Weighted towards what exists and towards requests, so that sessions live long enough
+# to build state (live subscriptions, namespaces) before something lethal ends them.
+KINDS = (
+    ["request"] * 10
+    + ["unsubscribe"] * 3
+    + ["object"] * 4
+    + ["done", "unsubscribe_namespace", "max_request_id", "goaway", "garbage", "data_stream"]
+    + ["abort"]
+)
+REQUEST_KINDS = ["subscribe"] * 4 + [
+    "announce", "fetch", "joining", "status", "namespaces", "publish", "update",
+]  # fmt: skip
+ACTIONS = st.tuples(
+    st.sampled_from(KINDS),
+    st.sampled_from(REQUEST_KINDS),
+    NAMESPACES,
+    TRACKS,
+    st.sampled_from([0] * 12 + [2, -2, 1]),
+    st.integers(0, 300),
+    st.binary(min_size=1, max_size=24),
+)
+Action = tuple[str, str, tuple[bytes, ...], bytes, int, int, bytes]
+
+
+class RandomSequenceTests(SynchronousTestCase):
+    """Random valid and invalid sequences end at most the session that sent them."""
+
+    @settings(max_examples=300, deadline=None, database=None, derandomize=True)
+    @given(st.lists(ACTIONS, max_size=25), st.lists(ACTIONS, max_size=25))
+    def test_the_relay_survives_any_sequence(
+        self, first: list[Action], second: list[Action]
+    ) -> None:
+        world = MemoryRelay()
+        clock = world.clock
+        watcher, _, _ = world.connect()
+        publisher, _, _ = world.connect()
+        publisher.announce((b"a",))
+        settle(clock)
+        track = publisher.offer_track((b"a",), b"t1")
+        peers = [self.raw_peer(world) for _ in range(2)]
+        for actions in zip_longest(first, second):
+            for peer, action in zip(peers, actions, strict=True):
+                if action is not None:
+                    self.act(peer, action, track)
+            settle(clock)
+            self.check_consistency(world)
+        for peer in peers:
+            peer.transport.close(0, "done")
+        settle(clock)
+        # Only the two well-behaved sessions are left, with nothing of the others.
+        self.assertEqual(len(world.relay.peers), 2)
+        self.assertEqual(world.relay.reaper.pending(), 0)
+        for key, live in world.relay.tracks.items():
+            for sub in live.subscriptions:
+                self.assertIn(sub.peer, world.relay.peers, key)
+        d = watcher.announce((b"still", b"working"))
+        settle(clock)
+        self.successResultOf(d)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        clock.advance(60)
+        settle(clock)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def check_consistency(self, world: MemoryRelay) -> None:
+        """Every registry agrees with every other one after each step."""
+        relay = world.relay
+        for peer in relay.peers:
+            self.assertFalse(peer.session.closed)
+            for request_id, sub in peer.subscriptions.items():
+                self.assertEqual(sub.request_id, request_id)
+                self.assertIs(sub.peer, peer)
+                self.assertNotEqual(sub.state, "closed")
+                if sub.state in ("pending", "active"):
+                    self.assertIn(sub, sub.track.subscriptions)
+            for namespace in peer.namespaces:
+                self.assertIs(relay.namespaces.owner(namespace), peer)
+            for request_id, upstream in peer.upstream.items():
+                self.assertEqual(upstream.upstream_request_id, request_id)
+        for key, track in relay.tracks.items():
+            self.assertEqual(track.key, key)
+            self.assertNotEqual(track.state, "ended")
+            self.assertIn(track.publisher, relay.peers)
+            for sub in track.subscriptions:
+                self.assertIs(sub.peer.subscriptions.get(sub.request_id), sub)
+        for namespace, owner in relay.namespaces.items():
+            self.assertIn(owner, relay.peers)
+            self.assertIn(namespace, owner.namespaces)
+
+    def raw_peer(self, world: MemoryRelay) -> _Fuzzer:
+        peers: list[_Fuzzer] = []
+
+        def client(t: ITransportSession) -> _Fuzzer:
+            peers.append(_Fuzzer(t))
+            return peers[0]
+
+        memory_session_pair(
+            world.clock, client, lambda t: MoqtSession(t, world.clock, world.relay.app_factory)
+        )
+        peers[0].control.write(CLIENT_SETUP_D14)
+        settle(world.clock)
+        return peers[0]
+
+    def act(self, peer: _Fuzzer, action: Action, track: TrackPublisher) -> None:
+        if peer.closed is not None:
+            return
+        kind, what, ns, name, skew, number, blob = action
+        if kind == "request":
+            rid = max(0, peer.next_id + skew)
+            if skew == 0:
+                peer.next_id += 2
+            peer.send(_request(what, rid, ns, name))
+        elif kind == "unsubscribe":
+            peer.send(c.Unsubscribe(2 * (number % 4)))
+        elif kind == "done":
+            peer.send(c.PublishNamespaceDone(ns))
+        elif kind == "unsubscribe_namespace":
+            peer.send(c.UnsubscribeNamespace(ns))
+        elif kind == "max_request_id":
+            peer.send(c.MaxRequestId(number))
+        elif kind == "goaway":
+            peer.send(c.GoAway(blob[: number % 3]))
+        elif kind == "garbage":
+            peer.control.write(blob)
+        elif kind == "data_stream":
+            stream = peer.transport.open_uni_stream()
+            stream.write(blob)
+            stream.finish()
+        elif kind == "object":
+            track.send_object(number % 4, number // 4 % 4, b"x")
+        else:
+            peer.transport.abort()  # type: ignore[attr-defined]
+
+
+class _Fuzzer(RawPeer):
+    def __init__(self, transport: ITransportSession) -> None:
+        super().__init__(transport)
+        self.next_id = 0
+
+    def stream_data(self, data: bytes, fin: bool) -> None:
+        try:
+            self.messages.extend(self.decoder.feed(data))
+        except ProtocolViolation:
+            self.decoder = c.ControlStreamDecoder()

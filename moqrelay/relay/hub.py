@@ -205,7 +205,6 @@ class Relay:
 
     def end_track(self, track: Track, status: int, reason: str) -> None:
         """The publisher ended the track (PUBLISH_DONE) or went away."""
-        track.cancel_done_timer()
         if track.state == Track.PENDING:
             self.track_failed(track, SubscribeErrorCode.TRACK_DOES_NOT_EXIST, reason)
             return
@@ -259,6 +258,7 @@ class Relay:
 
     def _forget_track(self, track: Track) -> None:
         track.state = Track.ENDED
+        track.cancel_done_timer()
         if self.tracks.get(track.key) is track:
             del self.tracks[track.key]
         track.drop_cache()

@@ -19,6 +19,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from moqrelay.auth import Authorizer
 from moqrelay.client.connect import open_transport
 from moqrelay.relay.hub import Relay, RelayConfig
 from moqrelay.relay.upstream import UpstreamLink
@@ -135,13 +136,16 @@ class RelayService(MultiService):
         quic_retry: bool = False,
         idle_timeout: float = 30.0,
         max_message_size: int = 1 << 20,
+        handshake_timeout: float = 10.0,
+        allowed_origins: list[str] | None = None,
+        authorizer: Authorizer | None = None,
         announce: str | None = None,
         announce_verify: bool = True,
         announce_fingerprint: str | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
-        self.relay = Relay(reactor, config)
+        self.relay = Relay(reactor, config, authorizer)
         self.limits = limits
         self.chains = chains
         host, port = bind
@@ -151,11 +155,16 @@ class RelayService(MultiService):
             max_message_size=max_message_size,
             auto_ping_interval=idle_timeout / 2,
             auto_ping_timeout=idle_timeout,
+            open_handshake_timeout=handshake_timeout,
+            allowed_origins=allowed_origins or None,
             high_water=config.max_queued_bytes,
             low_water=config.max_queued_bytes // 4,
         )
         site = make_web_site(
-            reactor, self.ws_factory, fingerprint=chains[0].fingerprint() if dev else None
+            reactor,
+            self.ws_factory,
+            fingerprint=chains[0].fingerprint() if dev else None,
+            head_timeout=handshake_timeout,
         )
         self.tls = tls = tls_context_factory(chains)
         # (cert, key) paths to read again on SIGHUP; empty for --dev.
@@ -211,6 +220,7 @@ class RelayService(MultiService):
             setup_timeout=options["setup-timeout"],
             request_window=options["request-window"],
             max_incoming_streams=options["max-streams"],
+            max_control_message=options["max-control-message"],
         )
         service = cls(
             reactor,
@@ -223,6 +233,9 @@ class RelayService(MultiService):
             quic_retry=options["quic-retry"],
             idle_timeout=options["idle-timeout"],
             max_message_size=options["max-message-size"],
+            handshake_timeout=options["handshake-timeout"],
+            allowed_origins=options["allowed-origins"],
+            authorizer=options["authorizer"],
             announce=options["announce"],
             announce_verify=not options["announce-insecure"],
             announce_fingerprint=options["announce-fingerprint"],

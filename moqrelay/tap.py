@@ -11,6 +11,7 @@ from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorCore
 from twisted.python import usage
 
+from moqrelay.auth import Authorizer
 from moqrelay.tls import CertificateError, load_chain
 
 DEFAULT_BIND = "[::]:4443"
@@ -107,6 +108,28 @@ class Options(usage.Options):
             "instead of verifying it.",
         ],
         [
+            "auth-key",
+            None,
+            None,
+            "File with the key that signs access tokens (a shared HS256 secret, or an ES256/RS256 "
+            "PEM public key). With it, every request needs a JWT (URL ?jwt= or "
+            "AUTHORIZATION_TOKEN) granting its namespace; without it the relay is open.",
+        ],
+        [
+            "handshake-timeout",
+            None,
+            10.0,
+            "Seconds a new TCP connection has to complete the WebSocket handshake.",
+            _positive(float, "handshake-timeout"),
+        ],
+        [
+            "max-control-message",
+            None,
+            65535,
+            "Largest MoQT control message accepted, in bytes (at most 65535).",
+            _positive(int, "max-control-message"),
+        ],
+        [
             "setup-timeout",
             None,
             10.0,
@@ -193,6 +216,8 @@ class Options(usage.Options):
         self["tls-key"] = []
         self["listen"] = []
         self["chains"] = []
+        self["allowed-origins"] = []
+        self["authorizer"] = None
 
     def opt_tls_cert(self, path: str) -> None:
         """PEM certificate chain (leaf first); repeat with --tls-key for SNI."""
@@ -201,6 +226,10 @@ class Options(usage.Options):
     def opt_tls_key(self, path: str) -> None:
         """PEM private key for the --tls-cert at the same position."""
         self["tls-key"].append(path)
+
+    def opt_allowed_origin(self, origin: str) -> None:
+        """Accept WebSocket connections only from this Origin (repeatable; default: any)."""
+        self["allowed-origins"].append(origin)
 
     def opt_listen(self, endpoint: str) -> None:
         """Extra Twisted endpoint for HTTP/WebSocket (tcp:8080, unix:/run/moqrelay.sock);
@@ -238,6 +267,17 @@ class Options(usage.Options):
                 raise usage.UsageError(
                     f"--announce: {announce!r} is not a moqt://, https://, wss:// or ws:// URL"
                 )
+        if self["auth-key"] is not None:
+            try:
+                self["authorizer"] = Authorizer.from_file(self["auth-key"])
+            except OSError as e:
+                raise usage.UsageError(
+                    f"--auth-key: cannot read {e.filename}: {e.strerror}"
+                ) from None
+            except ValueError as e:
+                raise usage.UsageError(f"--auth-key: {e}") from None
+        if self["max-control-message"] > 65535:
+            raise usage.UsageError("--max-control-message: at most 65535 (a 16-bit length)")
         for endpoint in self["listen"]:
             if ":" not in endpoint:
                 raise usage.UsageError(f"--listen: {endpoint!r} is not an endpoint string")

@@ -21,8 +21,16 @@ from typing import Any, cast
 
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
-from twisted.internet.interfaces import IConsumer, IOpenSSLContextFactory, IPushProducer
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IOpenSSLContextFactory,
+    IPushProducer,
+)
+from twisted.internet.protocol import connectionDone
 from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
@@ -109,13 +117,62 @@ def _request_head(request: Request) -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
+class _DeadlineChannel(HTTPChannel):
+    """An HTTP channel that must receive a complete request head within a deadline.
+
+    The site's idle timeout restarts with every byte, so a peer dribbling one
+    byte at a time (slowloris) would hold the connection forever; this
+    deadline does not restart.
+    """
+
+    head_timeout = 10.0
+    _deadline: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._deadline = self.callLater(self.head_timeout, self._too_slow)
+
+    def allHeadersReceived(self) -> None:
+        self._cancel_deadline()
+        super().allHeadersReceived()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_deadline()
+        super().connectionLost(reason)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+
 def make_web_site(
-    reactor: Any, ws_factory: WebSocketTransportFactory, *, fingerprint: str | None
+    reactor: Any,
+    ws_factory: WebSocketTransportFactory,
+    *,
+    fingerprint: str | None,
+    head_timeout: float = 10.0,
 ) -> Site:
-    """The HTTP/1.1 site of the TCP port: WebSocket upgrades, ``/fingerprint``, short errors."""
+    """The HTTP/1.1 site of the TCP port: WebSocket upgrades, ``/fingerprint``, short errors.
+
+    A connection that has not sent a complete request head within
+    ``head_timeout`` seconds is dropped.
+    """
     site = Site(_RelayResource(ws_factory, fingerprint), timeout=_IDLE_TIMEOUT, reactor=reactor)
     site.displayTracebacks = False
     site.noisy = False
+
+    def channel() -> HTTPChannel:
+        made = _DeadlineChannel()
+        made.head_timeout = head_timeout
+        return made
+
+    site.protocol = channel  # type: ignore[assignment]
     return site
 
 

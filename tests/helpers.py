@@ -8,11 +8,13 @@ from contextlib import contextmanager
 
 from twisted.internet.task import Clock
 
-from moqrelay.client.api import MoqtClient, ReceivedObject
+from moqrelay.auth import Authorizer
+from moqrelay.client.api import MoqtClient, ReceivedObject, SessionLost
 from moqrelay.relay.hub import Relay, RelayConfig
 from moqrelay.session import MoqtSession, SessionLimits
 from moqrelay.testing import MemorySession, memory_session_pair
 from moqrelay.transport.interfaces import ITransportSession
+from moqrelay.wire.control import Param
 
 
 def settle(clock: Clock, limit: int = 100_000) -> int:
@@ -30,30 +32,38 @@ class MemoryRelay:
     """A relay with clients attached through in-memory sessions."""
 
     def __init__(
-        self, config: RelayConfig | None = None, limits: SessionLimits | None = None
+        self,
+        config: RelayConfig | None = None,
+        limits: SessionLimits | None = None,
+        authorizer: Authorizer | None = None,
     ) -> None:
         self.clock = Clock()
-        self.relay = Relay(self.clock, config)
+        self.relay = Relay(self.clock, config, authorizer)
         self.limits = limits
 
-    def connect(self) -> tuple[MoqtClient, MemorySession, MemorySession]:
+    def connect(
+        self, path: str = "", setup_params: list[Param] | None = None
+    ) -> tuple[MoqtClient, MemorySession, MemorySession]:
         """A new client session; returns (client app, client side, relay side)."""
         clock = self.clock
+        sessions: list[MoqtSession] = []
 
         def client_factory(transport: ITransportSession) -> MoqtSession:
-            return MoqtSession(transport, clock, MoqtClient, self.limits)
+            sessions.append(MoqtSession(transport, clock, MoqtClient, self.limits, setup_params))
+            return sessions[0]
 
         def server_factory(transport: ITransportSession) -> MoqtSession:
             return MoqtSession(transport, clock, self.relay.app_factory, self.limits)
 
         high = self.relay.config.max_queued_bytes
         client_side, relay_side = memory_session_pair(
-            clock, client_factory, server_factory, low_water=high // 4, high_water=high
+            clock, client_factory, server_factory, path, low_water=high // 4, high_water=high
         )
         settle(clock)
-        assert isinstance(client_side.handler, MoqtSession)
-        app = client_side.handler.app
+        app = sessions[0].app
         assert isinstance(app, MoqtClient)
+        # Tests of refused sessions look at the close code; the lost SETUP is expected.
+        app.ready.addErrback(lambda failure: failure.trap(SessionLost))
         return app, client_side, relay_side
 
 

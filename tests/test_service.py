@@ -8,25 +8,33 @@ from __future__ import annotations
 
 import gc
 import os
+import random
 import signal
 import weakref
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
-from twisted.internet.task import deferLater
+from twisted.internet.endpoints import SSL4ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
 from moqrelay import tap
-from moqrelay.client.api import MoqtClient, TrackPublisher
+from moqrelay.client.api import MoqtClient, RequestRejected, TrackPublisher
 from moqrelay.client.connect import connect
 from moqrelay.relay.hub import RelayConfig
 from moqrelay.service import RelayService
 from moqrelay.session import SessionLimits
 from moqrelay.tls import CertificateChain, generate_dev_chain
+from moqrelay.transport.interfaces import ISessionHandler, IStream, ITransportSession
 from moqrelay.transport.quic import CertificateFingerprintError, QuicEndpoint
-from moqrelay.transport.websocket import WebSocketConnectError
-from moqrelay.wire.errors import PublishDoneCode
+from moqrelay.transport.websocket import WebSocketConnectError, WebSocketSession, connect_websocket
+from moqrelay.wire import control as c
+from moqrelay.wire.errors import PublishDoneCode, SessionErrorCode
 from tests.helpers import Recorder, recursion_headroom
 
 NS = (b"live", b"demo")
@@ -48,6 +56,7 @@ class RelayFixture(TestCase):
 
     limits = SessionLimits()
     config = RelayConfig()
+    handshake_timeout = 10.0
 
     async def start_relay(self) -> None:
         self.service = await self.new_relay()
@@ -66,6 +75,7 @@ class RelayFixture(TestCase):
             dev=True,
             announce=announce,
             announce_verify=False,
+            handshake_timeout=self.handshake_timeout,
         )
         if service.upstream is not None:
             service.upstream.initial_delay = service.upstream.delay = 0.05
@@ -90,6 +100,21 @@ class RelayFixture(TestCase):
         client = await self.client(scheme, service)
         await client.announce(NS)
         return client, client.offer_track(NS, b"video")
+
+    async def healthy_pair(self) -> tuple[TrackPublisher, Recorder]:
+        _, track = await self.publisher("wss")
+        rec = Recorder()
+        await (await self.client("wss")).subscribe(NS, b"video", rec)
+        return track, rec
+
+    async def still_healthy(
+        self, track: TrackPublisher, rec: Recorder, group: int, peers: int = 2
+    ) -> None:
+        """The healthy publisher and viewer still work, and only ``peers`` sessions remain."""
+        before = len(rec.objects)
+        track.send_object(group, 0, b"still flowing")
+        await wait_until(lambda: len(rec.objects) == before + 1)
+        self.assertEqual(len(self.service.relay.peers), peers)
 
     async def stop_all(self) -> None:
         waits = []
@@ -260,6 +285,155 @@ def write_chain(chain: CertificateChain, cert: str, key: str) -> None:
         f.write(chain.cert_pem)
     with open(key, "wb") as f:
         f.write(chain.key_pem)
+
+
+class HostilePeerTests(RelayFixture):
+    """Hostile or broken peers end only their own session."""
+
+    limits = SessionLimits(setup_timeout=0.5, max_incoming_streams=50, request_window=20)
+    handshake_timeout = 1.0
+
+    async def raw_session(self) -> WebSocketSession:
+        handlers: list[_Silent] = []
+
+        def factory(transport: ITransportSession) -> _Silent:
+            handlers.append(_Silent())
+            return handlers[0]
+
+        session = await connect_websocket(reactor, self.url("wss"), factory, verify=False)
+        assert isinstance(session, WebSocketSession)
+        self.addCleanup(_close_quietly, session)
+        return session
+
+    async def test_random_websocket_frames(self) -> None:
+        await self.start_relay()
+        track, rec = await self.healthy_pair()
+        rng = random.Random(1234)
+        sessions = [await self.raw_session() for _ in range(20)]
+        for session in sessions:
+            control = session.open_bidi_stream()
+            control.write(CLIENT_SETUP)
+            for _ in range(rng.randrange(1, 6)):
+                frame = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40)))
+                session._link.send_message(frame)
+        await wait_until(lambda: all(session.closed for session in sessions))
+        await self.still_healthy(track, rec, 1)
+
+    async def test_slowloris_is_dropped_after_the_handshake_timeout(self) -> None:
+        await self.start_relay()
+        track, rec = await self.healthy_pair()
+        protocol = _Dribbler()
+        endpoint = SSL4ClientEndpoint(
+            reactor,
+            "127.0.0.1",
+            self.tcp_port,
+            optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(CHAIN.cert_pem)),
+        )
+        await endpoint.connect(Factory.forProtocol(lambda: protocol))
+        dribble = LoopingCall(protocol.dribble)
+        dribble.start(0.2)
+        try:
+            await wait_until(lambda: protocol.lost, timeout=5.0)
+        finally:
+            dribble.stop()
+        self.assertLess(protocol.sent, len(_SLOW_REQUEST))
+        await self.still_healthy(track, rec, 1)
+
+    async def test_silent_session_is_closed_after_the_setup_timeout(self) -> None:
+        await self.start_relay()
+        session = await self.raw_session()
+        await wait_until(lambda: session.closed, timeout=5.0)
+        self.assertEqual(self.service.relay.peers, {})
+
+    async def test_flood_of_stream_opens(self) -> None:
+        await self.start_relay()
+        track, rec = await self.healthy_pair()
+        flooder = await self.client("wss")
+        for _ in range(200):
+            flooder.session.open_uni_stream().write(b"\x10")
+        code, _ = await flooder.closed
+        self.assertEqual(code, SessionErrorCode.PROTOCOL_VIOLATION)
+        await self.still_healthy(track, rec, 1)
+
+    async def test_request_ids_beyond_the_window(self) -> None:
+        await self.start_relay()
+        track, rec = await self.healthy_pair()
+        abuser = await self.client("wss")
+        # Skip the client's own request-id bookkeeping: 30 SUBSCRIBEs that stay open.
+        for rid in range(0, 60, 2):
+            abuser.session.send(
+                c.Subscribe(rid, NS, b"video", 1, 0, True, c.FILTER_LARGEST_OBJECT)
+            )
+        code, _ = await abuser.closed
+        self.assertEqual(code, SessionErrorCode.TOO_MANY_REQUESTS)
+        await self.still_healthy(track, rec, 1)
+
+
+class SubscribeFloodTests(RelayFixture):
+    """More SUBSCRIBEs than a session may hold: refused, the session lives on."""
+
+    limits = SessionLimits(request_window=100)
+    config = RelayConfig(max_subscriptions=30)
+
+    async def test_flood_of_subscribes(self) -> None:
+        await self.start_relay()
+        track, rec = await self.healthy_pair()
+        flooder = await self.client("wss")
+        results = [flooder.subscribe(NS, b"video", Recorder()) for _ in range(60)]
+        outcomes = [await _outcome(d) for d in results]
+        self.assertEqual(outcomes.count("ok"), 30)
+        self.assertEqual(outcomes.count("refused"), 30)
+        self.assertFalse(flooder.session.closed)
+        await self.still_healthy(track, rec, 1, peers=3)
+
+
+_SLOW_REQUEST = b"GET /moq HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+
+
+class _Dribbler(Protocol):
+    """Sends a WebSocket upgrade request one byte at a time, forever."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.lost = False
+
+    def dribble(self) -> None:
+        if self.transport is not None and not self.lost and self.sent < len(_SLOW_REQUEST):
+            self.transport.write(_SLOW_REQUEST[self.sent : self.sent + 1])
+            self.sent += 1
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.lost = True
+
+
+@implementer(ISessionHandler)
+class _Silent:
+    """A session handler that ignores everything."""
+
+    def stream_opened(self, stream: IStream, bidirectional: bool) -> None:
+        """Ignored."""
+
+    def datagram_received(self, data: bytes) -> None:
+        """Ignored."""
+
+    def session_closed(self, code: int, reason: str) -> None:
+        """Ignored."""
+
+
+CLIENT_SETUP = c.encode_message(c.ClientSetup([c.DRAFT_14], []))
+
+
+async def _outcome(d: Any) -> str:
+    try:
+        await d
+    except RequestRejected:
+        return "refused"
+    return "ok"
+
+
+async def _close_quietly(session: WebSocketSession) -> None:
+    session.close(0, "test over")
+    await deferLater(reactor, 0.05, lambda: None)
 
 
 class ShutdownTests(RelayFixture):

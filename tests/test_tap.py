@@ -100,6 +100,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertUsageError("endpoint", "--dev", "--listen", "8080")
         self.assertUsageError("positive", "--dev", "--cache-groups", "0")
         self.assertUsageError("number", "--dev", "--cache-groups", "many")
+        self.assertUsageError("65535", "--dev", "--max-control-message", "70000")
 
     def test_key_that_does_not_match(self) -> None:
         other = generate_dev_chain()
@@ -125,6 +126,7 @@ class OptionsTests(SynchronousTestCase):
             "setup-timeout", "idle-timeout", "request-window", "max-subscriptions",
             "max-namespaces", "max-streams", "cache-groups", "cache-bytes", "max-queued-bytes",
             "max-lag-groups", "max-skipped-groups", "drain-timeout", "max-message-size",
-            "strict-filters", "announce-insecure", "announce-fingerprint",
+            "strict-filters", "announce-insecure", "announce-fingerprint", "handshake-timeout",
+            "max-control-message",
         ):  # fmt: skip
             self.assertIn(f"--{name}", text)

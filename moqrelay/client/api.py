@@ -236,12 +236,14 @@ class MoqtClient:
 
     # -- API -------------------------------------------------------------------
 
-    def announce(self, namespace: Namespace) -> Deferred[None]:
+    def announce(
+        self, namespace: Namespace, params: list[c.Param] | None = None
+    ) -> Deferred[None]:
         d: Deferred[None] = Deferred()
 
         def make(request_id: int) -> c.ControlMessage:
             self._pending[request_id] = d
-            return c.PublishNamespace(request_id, namespace, [])
+            return c.PublishNamespace(request_id, namespace, list(params or []))
 
         self.session.send_request(make)
         return d
@@ -364,6 +366,7 @@ class MoqtClient:
         end_group: int | None = None,
         priority: int = 128,
         group_order: int = c.GROUP_ORDER_ASCENDING,
+        params: list[c.Param] | None = None,
     ) -> Deferred[ClientSubscription]:
         sub = ClientSubscription(self, namespace, name, on_object)
 
@@ -380,7 +383,7 @@ class MoqtClient:
                 filter_type,
                 start,
                 end_group,
-                [],
+                list(params or []),
             )
 
         self.session.send_request(make)

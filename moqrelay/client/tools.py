@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall, react
@@ -50,6 +51,15 @@ def read_stamp(payload: bytes) -> tuple[int, int] | None:
     return sequence, sent
 
 
+def with_token(url: str, token: str | None) -> str:
+    """``url`` with ``?jwt=token`` added to its query (any existing query is kept)."""
+    if not token:
+        return url
+    parts = urlsplit(url)
+    query = "&".join(q for q in (parts.query, urlencode({"jwt": token})) if q)
+    return urlunsplit(parts._replace(query=query))
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "url", help="moqt://host:port/path, https://host:port/path, wss://... or ws://..."
@@ -69,6 +79,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="skip certificate verification (development only)",
     )
     parser.add_argument("--fingerprint", help="pin the relay certificate's SHA-256 (hex)")
+    parser.add_argument("--token", help="an access token (moqrelay-token), sent as ?jwt=")
 
 
 # -- publisher ---------------------------------------------------------------
@@ -156,7 +167,7 @@ def pub_main(argv: Sequence[str] | None = None) -> None:
     async def main(reactor: Any) -> None:
         client = await connect(
             reactor,
-            args.url,
+            with_token(args.url, args.token),
             verify=not args.insecure,
             fingerprint=args.fingerprint,
         )
@@ -244,7 +255,7 @@ def sub_main(argv: Sequence[str] | None = None) -> None:
     async def main(reactor: Any) -> None:
         client = await connect(
             reactor,
-            args.url,
+            with_token(args.url, args.token),
             verify=not args.insecure,
             fingerprint=args.fingerprint,
         )

@@ -20,9 +20,17 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from moqrelay.auth import (
+    AuthError,
+    Authorizer,
+    DenialLog,
+    Grant,
+    parse_token_struct,
+    token_from_path,
+)
 from moqrelay.relay.fetch import (
     FetchRange,
     FetchRefused,
@@ -78,9 +86,17 @@ def is_prefix(prefix: Namespace, namespace: Namespace) -> bool:
 class Relay:
     """Shared relay state: namespaces, tracks, teardown."""
 
-    def __init__(self, reactor: IReactorTime, config: RelayConfig | None = None) -> None:
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        config: RelayConfig | None = None,
+        authorizer: Authorizer | None = None,
+    ) -> None:
         self.reactor = reactor
         self.config = config or RelayConfig()
+        # With an authorizer, every request needs a token that grants it.
+        self.authorizer = authorizer
+        self.denials = DenialLog()
         self.reaper = Reaper(reactor)
         self.namespaces: NamespaceRegistry[RelayPeer] = NamespaceRegistry()
         self.tracks: dict[TrackKey, Track] = {}
@@ -94,12 +110,13 @@ class Relay:
         return peer
 
     def watchers(self, namespace: Namespace, exclude: RelayPeer | None) -> list[RelayPeer]:
-        """Peers whose SUBSCRIBE_NAMESPACE covers ``namespace``."""
+        """Peers whose SUBSCRIBE_NAMESPACE covers ``namespace`` (and who may see it)."""
         return [
             peer
             for peer in self.peers
             if peer is not exclude
             and any(is_prefix(prefix, namespace) for prefix in peer.namespace_subscriptions)
+            and peer.denied(False, namespace, []) is None
         ]
 
     # -- namespaces ------------------------------------------------------------
@@ -298,6 +315,9 @@ class RelayPeer:
         self.is_relay = False
         self.is_upstream = False
         self.takes_datagrams = bool(session.transport.supports_datagrams)
+        # What the session's token (URL ?jwt= or AUTHORIZATION_TOKEN in SETUP) grants.
+        self.grant: Grant | None = None
+        self._expiry: IDelayedCall | None = None
         config = relay.config
         self.writer = SessionWriter(relay.reactor, session.transport, config.max_queued_bytes)
         self.subscriptions: dict[int, Subscription] = {}
@@ -346,6 +366,10 @@ class RelayPeer:
     # -- SessionApp ----------------------------------------------------------
 
     def session_ready(self) -> None:
+        if self.relay.authorizer is not None:
+            self._authenticate(self.relay.authorizer)
+            if self.session.closed:
+                return
         implementation = c.get_param(self.session.peer_params, c.SETUP_MOQT_IMPLEMENTATION)
         if implementation == RELAY_IMPLEMENTATION:
             self.is_relay = True
@@ -422,6 +446,9 @@ class RelayPeer:
         track.close_subgroup(subgroup, None)
 
     def session_ended(self, code: int, reason: str) -> None:
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
         _log.info(
             "session from {peer} ended: {reason} (code {code:#x})",
             peer=self.name,
@@ -430,6 +457,83 @@ class RelayPeer:
         )
         self.writer.close()
         self.relay.peer_gone(self)
+
+    # -- authorization -----------------------------------------------------------
+
+    def _authenticate(self, authorizer: Authorizer) -> None:
+        """The session's token, if it brought one: a bad one ends the session."""
+        token = token_from_path(self.session.path)
+        if token is None:
+            for key, value in self.session.peer_params:
+                if key == c.SETUP_AUTHORIZATION_TOKEN and isinstance(value, bytes):
+                    raw = parse_token_struct(value, in_setup=True)
+                    token = raw.decode("utf-8", "replace") if raw is not None else None
+                    break
+        if token is None:
+            return
+        now = self.relay.reactor.seconds()
+        try:
+            self.grant = authorizer.verify(token, now)
+        except AuthError as e:
+            self._log_denial("session", e)
+            self.session.close(e.code, e.reason)
+            return
+        if self.grant.expires is not None:
+            self._expiry = self.relay.reactor.callLater(
+                max(0.0, self.grant.expires - now), self._token_expired
+            )
+
+    def _token_expired(self) -> None:
+        self._expiry = None
+        _log.info("token of {peer} expired; closing its session", peer=self.name)
+        self.session.close(SessionErrorCode.EXPIRED_AUTH_TOKEN, "authorization token expired")
+
+    def denied(
+        self, publish: bool, namespace: Namespace, params: list[c.Param]
+    ) -> AuthError | None:
+        """Why this request may not go on, or None when the relay is open or it may."""
+        authorizer = self.relay.authorizer
+        if authorizer is None:
+            return None
+        now = self.relay.reactor.seconds()
+        grant = self.grant
+        token = c.get_param(params, c.PARAM_AUTHORIZATION_TOKEN)
+        if isinstance(token, bytes):
+            raw = parse_token_struct(token)
+            if raw is None:
+                return AuthError(SessionErrorCode.UNAUTHORIZED, "token aliases are not supported")
+            try:
+                grant = authorizer.verify(raw.decode("utf-8", "replace"), now)
+            except AuthError as e:
+                return e
+        if grant is None:
+            return AuthError(SessionErrorCode.UNAUTHORIZED, "an authorization token is required")
+        if grant.expired(now):
+            return AuthError(SessionErrorCode.EXPIRED_AUTH_TOKEN, "authorization token expired")
+        if publish and not grant.may_publish(namespace):
+            return AuthError(
+                SessionErrorCode.UNAUTHORIZED, f"may not publish {format_namespace(namespace)}"
+            )
+        if not publish and not grant.may_subscribe(namespace):
+            return AuthError(
+                SessionErrorCode.UNAUTHORIZED,
+                f"may not subscribe to {format_namespace(namespace)}",
+            )
+        return None
+
+    def _log_denial(self, what: str, error: AuthError) -> None:
+        if self.relay.denials.should_log(f"{self.name} {what}", self.relay.reactor.seconds()):
+            _log.info(
+                "denied {what} to {peer}: {reason} (more denials of it are not logged for a "
+                "while)",
+                what=what,
+                peer=self.name,
+                reason=error.reason,
+            )
+
+    def _refuse(self, what: str, error: AuthError, answer: c.ControlMessage) -> None:
+        self._log_denial(what, error)
+        self.session.send(answer)
 
     # -- upstream (this peer publishes) --------------------------------------
 
@@ -490,6 +594,11 @@ class RelayPeer:
             self.relay.publish_done_received(track, msg.status_code, msg.reason, msg.stream_count)
 
     def _on_publish(self, msg: c.Publish) -> None:
+        denied = self.denied(True, msg.namespace, msg.params)
+        if denied is not None:
+            answer = c.PublishError(msg.request_id, PublishErrorCode.UNAUTHORIZED, denied.reason)
+            self._refuse("PUBLISH", denied, answer)
+            return
         key: TrackKey = (msg.namespace, msg.track_name)
         if key in self.relay.tracks:
             self.session.send(
@@ -522,6 +631,11 @@ class RelayPeer:
             peer.offer(track)
 
     def _on_publish_namespace(self, msg: c.PublishNamespace) -> None:
+        denied = self.denied(True, msg.namespace, msg.params)
+        if denied is not None:
+            answer = c.PublishNamespaceError(msg.request_id, denied.request_code, denied.reason)
+            self._refuse("PUBLISH_NAMESPACE", denied, answer)
+            return
         namespace = msg.namespace
         name = format_namespace(namespace)
         if len(self.namespaces) >= self.relay.config.max_namespaces:
@@ -572,6 +686,11 @@ class RelayPeer:
     # -- downstream (this peer views) ----------------------------------------
 
     def _on_subscribe(self, msg: c.Subscribe) -> None:
+        denied = self.denied(False, msg.namespace, msg.params)
+        if denied is not None:
+            answer = c.SubscribeError(msg.request_id, denied.request_code, denied.reason)
+            self._refuse("SUBSCRIBE", denied, answer)
+            return
         self.relay.subscribe(self, msg)
 
     def _on_unsubscribe(self, msg: c.Unsubscribe) -> None:
@@ -591,6 +710,11 @@ class RelayPeer:
 
     def _on_subscribe_namespace(self, msg: c.SubscribeNamespace) -> None:
         prefix = msg.namespace_prefix
+        denied = self.denied(False, prefix, msg.params)
+        if denied is not None:
+            answer = c.SubscribeNamespaceError(msg.request_id, denied.request_code, denied.reason)
+            self._refuse("SUBSCRIBE_NAMESPACE", denied, answer)
+            return
         for existing in self.namespace_subscriptions:
             if is_prefix(existing, prefix) or is_prefix(prefix, existing):
                 self.session.send(
@@ -680,6 +804,10 @@ class RelayPeer:
     def _fetch_range(self, msg: c.Fetch) -> tuple[Track, FetchRange]:
         if msg.fetch_type == c.FETCH_STANDALONE:
             assert msg.namespace is not None and msg.track_name is not None
+            denied = self.denied(False, msg.namespace, msg.params)
+            if denied is not None:
+                self._log_denial("FETCH", denied)
+                raise FetchRefused(denied.request_code, denied.reason)
             track = self.relay.tracks.get((msg.namespace, msg.track_name))
             if track is None or track.state != Track.LIVE:
                 raise FetchRefused(FetchErrorCode.TRACK_DOES_NOT_EXIST, "track not live here")
@@ -696,6 +824,11 @@ class RelayPeer:
         return sub.track, joining_range(msg, sub.largest_at_start)
 
     def _on_track_status(self, msg: c.TrackStatus) -> None:
+        denied = self.denied(False, msg.namespace, msg.params)
+        if denied is not None:
+            answer = c.TrackStatusError(msg.request_id, denied.request_code, denied.reason)
+            self._refuse("TRACK_STATUS", denied, answer)
+            return
         relay = self.relay
         track = relay.tracks.get((msg.namespace, msg.track_name))
         if track is not None and track.state == Track.LIVE:

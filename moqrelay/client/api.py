@@ -126,11 +126,9 @@ class TrackPublisher:
         self.largest: Location | None = None
         self.subscribers: dict[int, _Downstream] = {}
         self.subscribed: Deferred[None] = Deferred()
-        self._next_alias = 0
 
     def _subscribe(self, msg: c.Subscribe) -> None:
-        alias = self._next_alias
-        self._next_alias += 1
+        alias = self.client.new_alias()
         self.client.session.send(
             c.SubscribeOk(msg.request_id, alias, 0, c.GROUP_ORDER_ASCENDING, self.largest, [])
         )
@@ -228,6 +226,7 @@ class MoqtClient:
         self._published: dict[int, tuple[TrackPublisher, int, Deferred[TrackPublisher]]] = {}
         self._fetches: dict[int, _Fetch] = {}
         self.goaway: c.GoAway | None = None
+        self._next_alias = 0
         # Namespaces the relay announced to us (after subscribe_namespace).
         self.discovered: list[Namespace] = []
         # Decides on a relay PUBLISH: return a callback to accept it, None to refuse.
@@ -235,6 +234,12 @@ class MoqtClient:
         self.offers: list[c.Publish] = []
 
     # -- API -------------------------------------------------------------------
+
+    def new_alias(self) -> int:
+        """A track alias unique on this session (every track we publish needs its own)."""
+        alias = self._next_alias
+        self._next_alias += 1
+        return alias
 
     def announce(
         self, namespace: Namespace, params: list[c.Param] | None = None
@@ -260,8 +265,7 @@ class MoqtClient:
         d: Deferred[TrackPublisher] = Deferred()
 
         def make(request_id: int) -> c.ControlMessage:
-            alias = track._next_alias
-            track._next_alias += 1
+            alias = self.new_alias()
             self._published[request_id] = (track, alias, d)
             return c.Publish(
                 request_id, namespace, name, alias, c.GROUP_ORDER_ASCENDING, track.largest, True

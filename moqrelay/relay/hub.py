@@ -192,7 +192,7 @@ class Relay:
         publisher = self.namespaces.lookup(namespace)
         if publisher is None and not viewer.is_relay:
             publisher = self.upstream_peer
-        if publisher is None or publisher is viewer:
+        if publisher is None:
             return None
         track = Track(key, self.config.cache_groups, self.config.cache_bytes)
         self.tracks[key] = track
@@ -398,15 +398,25 @@ class RelayPeer:
         subgroup_id = header.subgroup_id
         track.upstream_streams += 1
         track.upstream_open += 1
-        stream.context = (
-            track,
-            track.open_subgroup(
-                header.group_id,
-                subgroup_id if subgroup_id is not None else -1,
-                header.publisher_priority,
-                header.has_extensions,
-            ),
+        subgroup = track.open_subgroup(
+            header.group_id,
+            subgroup_id if subgroup_id is not None else -1,
+            header.publisher_priority,
+            header.has_extensions,
         )
+        stream.context = (track, subgroup)
+        subgroup.release = partial(self._stop_upstream, stream)
+
+    def _stop_upstream(self, stream: IncomingData) -> None:
+        """The subgroup this stream feeds left the cache: the relay wants no more of it."""
+        context = stream.context
+        if not isinstance(context, tuple):
+            return
+        track, _ = context
+        stream.context = None
+        stream.stop(StreamResetCode.CANCELLED)
+        track.upstream_open -= 1
+        self.relay.maybe_finish(track)
 
     def data_object(self, stream: IncomingData, obj: ObjectRecord | FetchObject) -> None:
         context = stream.context

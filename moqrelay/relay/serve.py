@@ -127,7 +127,7 @@ class DownstreamStream:
                     else obj.encode(obj.object_id, subgroup.has_extensions)
                 )
             self.last_id = obj.object_id
-        if subgroup.closed or self.subscription.draining:
+        if subgroup.closed or subgroup.evicted or self.subscription.draining:
             self._complete()
 
     def _open(self) -> IStream:

@@ -10,7 +10,7 @@ viewers still hold (bounded by their lag), stay in memory.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IDelayedCall
@@ -58,10 +58,12 @@ class Subgroup:
         "__weakref__",
         "closed",
         "datagram",
+        "evicted",
         "group_id",
         "has_extensions",
         "objects",
         "priority",
+        "release",
         "reset_code",
         "subgroup_id",
     )
@@ -76,6 +78,10 @@ class Subgroup:
         self.objects: list[CachedObject] = []
         self.closed = False
         self.reset_code: int | None = None
+        # Dropped from the cache: nothing more is stored or served for it.
+        self.evicted = False
+        # Stops the upstream stream feeding it (set by the peer that receives it).
+        self.release: Callable[[], None] | None = None
         # Set when the object arrived as a datagram.
         self.datagram: ObjectDatagram | None = None
 
@@ -144,7 +150,7 @@ class Track:
     def add_object(
         self, subgroup: Subgroup, object_id: int, payload: bytes, status: int, extensions: bytes
     ) -> None:
-        if self.state == Track.ENDED:
+        if self.state == Track.ENDED or subgroup.evicted:
             return
         obj = CachedObject(object_id, payload, status, extensions, subgroup.has_extensions)
         subgroup.objects.append(obj)
@@ -169,12 +175,24 @@ class Track:
             sub.subgroup_closed(subgroup)
 
     def _evict(self) -> None:
-        # Always keep the newest group, whatever its size.
+        """Drop the oldest groups past the bounds (the newest always stays).
+
+        Viewers still on an evicted subgroup get what was cached of it and then
+        its stream ends, so nothing keeps an evicted group alive, even when the
+        publisher never finishes its streams.
+        """
         while len(self.groups) > 1 and (
             len(self.groups) > self.max_groups or self.cached_bytes > self.max_bytes
         ):
-            oldest = min(self.groups)
-            self.cached_bytes -= self.groups.pop(oldest).bytes
+            group = self.groups.pop(min(self.groups))
+            self.cached_bytes -= group.bytes
+            for subgroup in group.subgroups:
+                subgroup.evicted = True
+                release, subgroup.release = subgroup.release, None
+                if release is not None and not subgroup.closed:
+                    release()
+                for sub in list(self.subscriptions):
+                    sub.subgroup_closed(subgroup)
 
     def cached_subgroups(self, start_group: int) -> Iterator[Subgroup]:
         """Cached subgroups of groups >= start_group, oldest group first."""

@@ -664,7 +664,10 @@ class QuicEndpoint(DatagramProtocol):
         connection.last_received = now
         connection.quic.receive_datagram(datagram, addr, now=now)
         self._process_events(connection)
-        self._transmit(connection)
+        # One transmit per connection per reactor turn, however many datagrams the
+        # turn read: datagrams_to_send walks every stream, so once per datagram
+        # costs most of the relay's time under load.
+        self.schedule_flush(connection)
 
     def _accept(
         self, dcid: bytes, header: QuicHeader, addr: NetworkAddress

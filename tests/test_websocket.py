@@ -1062,3 +1062,17 @@ def raw_request(port: int, protocols: str) -> Generator[Deferred[Any], Any, byte
     )
     response: bytes = yield client.done
     return response
+
+
+class FrameHeaderTests(SynchronousTestCase):
+    """The server's own frame headers (its hot path) are RFC 6455's, at every size class."""
+
+    def test_sizes(self) -> None:
+        from moqrelay.transport.websocket import _binary_frame_header
+
+        self.assertEqual(_binary_frame_header(0), b"\x82\x00")
+        self.assertEqual(_binary_frame_header(125), b"\x82\x7d")
+        self.assertEqual(_binary_frame_header(126), b"\x82\x7e\x00\x7e")
+        self.assertEqual(_binary_frame_header(16360), b"\x82\x7e\x3f\xe8")
+        self.assertEqual(_binary_frame_header(65535), b"\x82\x7e\xff\xff")
+        self.assertEqual(_binary_frame_header(65536), b"\x82\x7f\x00\x00\x00\x00\x00\x01\x00\x00")

@@ -303,7 +303,8 @@ class RelayService(MultiService):
         if peers:
             _log.info("shutting down: GOAWAY to {n} sessions", n=len(peers))
         for peer in peers:
-            peer.session.send(c.GoAway(b""))
+            if peer.session.ready:
+                peer.session.send(c.GoAway(b""))
         deadline = self.reactor.seconds() + self.relay.config.drain_timeout
         while self.relay.peers and self.reactor.seconds() < deadline:
             await deferLater(self.reactor, 0.05, lambda: None)

@@ -222,8 +222,9 @@ class MoqtSession:
     # -- sending ---------------------------------------------------------
 
     def send(self, msg: c.ControlMessage) -> None:
-        """Send one control message (dropped once the session is closed)."""
-        if self.closed:
+        """Send one control message (dropped before the control stream exists and once the
+        session is closed)."""
+        if self.closed or self._control is None:
             return
         self._write_control(msg)
         if isinstance(msg, _FINAL_ANSWERS):

@@ -11,20 +11,21 @@ import os
 import random
 import signal
 import weakref
+from collections import Counter
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.endpoints import SSL4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
 
 from moqrelay import tap
-from moqrelay.client.api import MoqtClient, RequestRejected, TrackPublisher
+from moqrelay.client.api import MoqtClient, ReceivedObject, RequestRejected, TrackPublisher
 from moqrelay.client.connect import connect
 from moqrelay.relay.hub import RelayConfig
 from moqrelay.service import RelayService
@@ -57,6 +58,7 @@ class RelayFixture(TestCase):
     limits = SessionLimits()
     config = RelayConfig()
     handshake_timeout = 10.0
+    idle_timeout = 30.0
 
     async def start_relay(self) -> None:
         self.service = await self.new_relay()
@@ -76,6 +78,7 @@ class RelayFixture(TestCase):
             announce=announce,
             announce_verify=False,
             handshake_timeout=self.handshake_timeout,
+            idle_timeout=self.idle_timeout,
         )
         if service.upstream is not None:
             service.upstream.initial_delay = service.upstream.delay = 0.05
@@ -436,6 +439,125 @@ async def _close_quietly(session: WebSocketSession) -> None:
     await deferLater(reactor, 0.05, lambda: None)
 
 
+def object_census() -> Counter[str]:
+    """Live objects tracked by the garbage collector, by type name."""
+    return Counter(type(o).__qualname__ for o in gc.get_objects())
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+class SoakTests(RelayFixture):
+    """10,000 sessions come, work and vanish in mixed ways; nothing may accumulate.
+
+    Run with MOQRELAY_SOAK=1 (several minutes); the default suite skips it.
+    """
+
+    idle_timeout = 6.0
+    sessions = int(os.environ.get("MOQRELAY_SOAK_SESSIONS", "10000"))
+    concurrency = 100
+    timeout = 3600
+
+    def setUp(self) -> None:
+        if os.environ.get("MOQRELAY_SOAK") != "1":
+            raise SkipTest("soak test: set MOQRELAY_SOAK=1 to run it (several minutes)")
+        self.silent: list[WebSocketSession] = []
+
+    async def test_ten_thousand_sessions(self) -> None:
+        await self.start_relay()
+        _, track = await self.publisher("wss")
+        received = [0]
+
+        def count(obj: ReceivedObject) -> None:
+            received[0] += 1
+
+        await (await self.client("wss")).subscribe(NS, b"video", count)
+        state = {"object": 0}
+
+        def tick() -> None:
+            group, obj = divmod(state["object"], 30)
+            track.send_object(group, obj, b"x" * 512)
+            if obj == 29:
+                track.end_subgroup(group)
+            state["object"] += 1
+
+        ticker = LoopingCall(tick)
+        ticker.start(0.01)
+        relay = self.service.relay
+        started = reactor.seconds()
+        try:
+            await self.lives(range(0, 1000))
+            rss_after_first = rss_kib()
+            objects_after_first = object_census()
+            await self.lives(range(1000, self.sessions))
+        finally:
+            ticker.stop()
+        gc.collect()
+        rss_end = rss_kib()
+        grown = object_census() - objects_after_first
+        elapsed = reactor.seconds() - started
+        print(
+            f"\nsoak: {self.sessions} sessions in {elapsed:.0f} s; RSS after 1,000: "
+            f"{rss_after_first} KiB, at the end: {rss_end} KiB "
+            f"({100 * (rss_end - rss_after_first) / rss_after_first:+.1f} %); "
+            f"object types that grew the most: {grown.most_common(8)}"
+        )
+        self.assertLess(rss_end, rss_after_first * 1.05)
+        self.assertEqual(len(relay.peers), 2)
+        self.assertEqual(list(relay.tracks), [(NS, b"video")])
+        self.assertEqual(len(relay.tracks[(NS, b"video")].subscriptions), 1)
+        self.assertEqual(relay.reaper.pending(), 0)
+        self.assertGreater(received[0], 0)
+
+    async def lives(self, indexes: range) -> None:
+        """Run these lives, ``concurrency`` at a time, then wait until the relay reaped all."""
+        gate = DeferredSemaphore(self.concurrency)
+
+        def life(index: int) -> Deferred[None]:
+            return Deferred.fromCoroutine(self.one_life(index))
+
+        await gatherResults([gate.run(life, i) for i in indexes])
+        relay = self.service.relay
+        await wait_until(lambda: len(relay.peers) == 2, timeout=60.0)
+        await relay.reaper.when_idle()
+        # The silent WebSocket clients stopped reading, so they never saw the relay
+        # drop them: drop their ends too.
+        silent, self.silent = self.silent, []
+        for transport in silent:
+            transport.abort()
+        await wait_until(lambda: all(t.closed for t in silent))
+        gc.collect()
+
+    async def one_life(self, index: int) -> None:
+        """Connect over WebSocket or QUIC, subscribe or announce, then vanish in one of
+        three ways: a clean close, an abrupt drop, or silence until the idle timeout."""
+        scheme = "wss" if index % 2 else "moqt"
+        client = await connect(reactor, self.url(scheme), verify=False, timeout=60.0)
+        if index % 10 == 0:
+            await client.announce((b"soak", b"%d" % index))
+        else:
+            got = Recorder()
+            await client.subscribe(NS, b"video", got)
+            await wait_until(lambda: bool(got.objects), timeout=30.0)
+        way = index // 2 % 3
+        transport: Any = client.session.transport
+        if way == 0:
+            client.close()
+        elif scheme == "wss" and way == 1:
+            transport.abort()
+        elif scheme == "wss":
+            transport.pause_reading()
+            self.silent.append(transport)
+        else:
+            connection = transport._connection
+            connection.endpoint._drop(connection, 0, "vanished without a word")
+
+
 class ShutdownTests(RelayFixture):
     config = RelayConfig(drain_timeout=0.3)
 
@@ -454,6 +576,21 @@ class ShutdownTests(RelayFixture):
             self.assertIsNotNone(viewer.goaway)
             (code, _) = await viewer.closed
             self.assertEqual(code, 0)
+
+    async def test_stop_with_a_session_that_has_not_set_up_yet(self) -> None:
+        await self.start_relay()
+        handlers: list[_Silent] = []
+
+        def factory(transport: ITransportSession) -> _Silent:
+            handlers.append(_Silent())
+            return handlers[0]
+
+        # A WebSocket session with no control stream yet: nothing can be sent to it.
+        session = await connect_websocket(reactor, self.url("wss"), factory, verify=False)
+        await wait_until(lambda: len(self.service.relay.peers) == 1)
+        await self.service.stopService()
+        self.assertEqual(self.service.relay.peers, {})
+        await wait_until(lambda: session.closed)  # type: ignore[attr-defined]
 
 
 class MixedTransportTests(RelayFixture):

@@ -1,0 +1,1325 @@
+"""Benchmark harness (outside the relay layers): the relay under load, over real sockets.
+
+Run from the repository root:
+
+    PYTHONPATH=. python bench/relay_bench.py WORKLOAD [--transport ws|quic|webtransport]
+        [--viewers N] [--seconds S] [--runs R] [--baseline] [--profile] [--append-results]
+
+WORKLOAD is one of:
+
+- ``fanout``: one publisher to N viewers (default N = 1, 10, 100) of 4 KiB objects, 30 per
+  group, published as fast as the relay takes them (the publisher keeps its session queue
+  under 1 MiB); delivered objects/s and Mbit/s summed over viewers, the relay's CPU seconds
+  per delivered GB. ``--baseline`` adds, side by side in every run, a minimal Autobahn
+  WebSocket fan-out (bench/baselines.py) driven the same way; ``--profile`` runs the relay
+  under cProfile once and prints its top 25 functions.
+- ``latency``: a 5 Mbit/s track (30 groups/s of 4 objects of 5,208 bytes) to N = 100
+  viewers; p50/p99/max publish-to-receipt latency from the stamp in each payload.
+- ``memory``: relay RSS per idle subscribed viewer with 1,000 viewers.
+- ``teardown``: 1,000 viewers holding 10 open subgroups each vanish at once; the time
+  until the relay has reaped them (polled from the runner's ``GET /stats``) and the p99
+  latency of 10 viewers that stay, during the teardown, against their quiet p99.
+- ``peer``: aiomoqt's relay against ours, both driven by aiomoqt's pub_bench and
+  sub_bench (needs /work/interop-venv/bin/python or $MOQRELAY_INTEROP_PYTHON).
+- ``all``: every workload above with its defaults, fanout with ``--baseline``.
+
+The relay runs in its own process (bench/relay_runner.py, a fresh one for every
+measurement, always stopped by its pid); publisher and viewers run in this process.
+Relay CPU seconds come from /proc/PID/stat (utime + stime), RSS from /proc/PID/status.
+Every figure is the median of --runs runs; every ratio is computed within one run,
+then its median taken. ``--append-results`` appends a dated section to bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import datetime
+import json
+import os
+import platform
+import pstats
+import re
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, TypeVar, cast
+
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from bench.baselines import BaselineClient, connect_baseline
+from moqrelay.client.api import MoqtClient, ReceivedObject, TrackPublisher
+from moqrelay.client.connect import connect
+from moqrelay.client.tools import read_stamp, stamped_payload
+from moqrelay.session import SessionLimits
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+RESULTS = BENCH_DIR / "RESULTS.md"
+NS = (b"bench", b"relay")
+PULSE_NS = (b"bench", b"pulse")
+SCHEMES = {"ws": "wss", "quic": "moqt", "webtransport": "https"}
+OBJECT_SIZE = 4096
+GROUP_SIZE = 30
+LATENCY_GROUPS_PER_SECOND = 30
+LATENCY_PER_GROUP = 4
+LATENCY_SIZE = 5_000_000 // 8 // (LATENCY_GROUPS_PER_SECOND * LATENCY_PER_GROUP)
+PUBLISHER_HIGH_WATER = 1 << 20
+CONNECT_BATCH = 50
+CLIENT_LIMITS = SessionLimits(max_incoming_streams=100_000)
+
+T = TypeVar("T")
+Figures = dict[str, float]
+
+
+# -- the processes under test --------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of process ``pid`` so far."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of process ``pid``."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise ValueError(f"no VmRSS for pid {pid}")
+
+
+@dataclass
+class Target:
+    """Where the relay (or baseline) under test listens, and its process id."""
+
+    tcp_port: int
+    udp_port: int
+    pid: int
+    stats_port: int | None = None
+
+    def url(self, transport: str) -> str:
+        scheme = SCHEMES[transport]
+        port = self.tcp_port if transport == "ws" else self.udp_port
+        return f"{scheme}://127.0.0.1:{port}/bench"
+
+
+class Child:
+    """A process this harness started; its output goes to a temporary log file.
+
+    Every live child is also stopped at interpreter exit, should the harness be interrupted.
+    """
+
+    live: set[Child] = set()
+
+    def __init__(self, argv: list[str], name: str, cwd: Path | None = None) -> None:
+        self.name = name
+        self.log: IO[bytes] = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log")
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        self.process = subprocess.Popen(
+            argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=cwd or REPO, env=env
+        )
+        Child.live.add(self)
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def wait_for(self, predicate: Callable[[str], T | None], timeout: float = 30.0) -> T:
+        """Poll the output until ``predicate`` returns something (or the child dies)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = predicate(self.output())
+            if found is not None:
+                return found
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise RuntimeError(f"{self.name} did not start:\n{self.output()[-3000:]}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``; always reaps the process."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+        Child.live.discard(self)
+
+    @classmethod
+    def stop_all(cls) -> None:
+        for child in list(cls.live):
+            child.stop(timeout=5.0)
+
+
+def _json_line(text: str) -> dict[str, int] | None:
+    for line in text.splitlines():
+        if line.startswith("{"):
+            parsed: dict[str, int] = json.loads(line)
+            return parsed
+    return None
+
+
+def start_relay(profile: str | None = None, max_streams: int = 10_000) -> tuple[Child, Target]:
+    argv = [sys.executable, str(BENCH_DIR / "relay_runner.py"), "--max-streams", str(max_streams)]
+    if profile:
+        argv += ["--profile", profile]
+    child = Child(argv, "relay")
+    try:
+        ports = child.wait_for(_json_line)
+    except BaseException:
+        child.stop()
+        raise
+    return child, Target(ports["tcp"], ports["udp"], ports["pid"], ports["stats"])
+
+
+def start_baseline() -> tuple[Child, Target]:
+    child = Child([sys.executable, str(BENCH_DIR / "baselines.py")], "baseline")
+    try:
+        ports = child.wait_for(_json_line)
+    except BaseException:
+        child.stop()
+        raise
+    return child, Target(ports["tcp"], 0, ports["pid"])
+
+
+async def with_process(
+    start: Callable[[], tuple[Child, Target]], work: Callable[[Target], Awaitable[T]]
+) -> T:
+    """Run ``work`` against a freshly started process, and stop that process whatever happens."""
+    child, target = start()
+    try:
+        return await work(target)
+    except BaseException:
+        sys.stderr.write(f"{child.name} output (tail):\n{child.output()[-4000:]}\n")
+        raise
+    finally:
+        child.stop()
+
+
+# -- load side -------------------------------------------------------------------
+
+
+def sleep(reactor: Any, seconds: float) -> Deferred[None]:
+    return deferLater(reactor, seconds, lambda: None)
+
+
+async def wait_until(
+    reactor: Any, predicate: Callable[[], bool], timeout: float, step: float = 0.01
+) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        await sleep(reactor, step)
+    return True
+
+
+class Viewer:
+    """A subscription's object callback: counts, and records latencies while ``recording``."""
+
+    def __init__(self) -> None:
+        self.objects = 0
+        self.bytes = 0
+        self.recording = False
+        self.latencies: list[float] = []
+        self.first_sequence: int | None = None
+        self.last_sequence = -1
+
+    def __call__(self, obj: ReceivedObject) -> None:
+        self.received(obj.payload)
+
+    def received(self, payload: bytes) -> None:
+        self.objects += 1
+        self.bytes += len(payload)
+        if self.recording:
+            stamp = read_stamp(payload)
+            if stamp is not None:
+                sequence, sent = stamp
+                self.latencies.append((time.time_ns() - sent) / 1e6)
+                if self.first_sequence is None:
+                    self.first_sequence = sequence
+                self.last_sequence = max(self.last_sequence, sequence)
+
+    def lost(self) -> int:
+        """Objects missing between the first and last stamped ones seen while recording."""
+        if self.first_sequence is None:
+            return 0
+        return max(0, self.last_sequence - self.first_sequence + 1 - len(self.latencies))
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+class MoqtSink:
+    """Publishes through a TrackPublisher; blocked while the session queue is over 1 MiB."""
+
+    def __init__(self, client: MoqtClient, track: TrackPublisher) -> None:
+        self.client = client
+        self.track = track
+
+    def blocked(self) -> bool:
+        return bool(self.client.session.transport.queued_bytes() >= PUBLISHER_HIGH_WATER)
+
+    def when_unblocked(self) -> Deferred[None]:
+        d: Deferred[None] = self.client.session.transport.when_writable()
+        return d
+
+    def send(self, group: int, obj: int, payload: bytes, last: bool) -> None:
+        self.track.send_object(group, obj, payload)
+        if last:
+            self.track.end_subgroup(group)
+
+
+@implementer(IPushProducer)
+class BaselineSink:
+    """Publishes WebSocket messages; blocked while the TCP transport has paused us."""
+
+    def __init__(self, client: BaselineClient) -> None:
+        self.client = client
+        self.paused = False
+        self.waiters: list[Deferred[None]] = []
+        cast(Any, client.transport).registerProducer(self, True)
+
+    def blocked(self) -> bool:
+        return self.paused
+
+    def when_unblocked(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.waiters.append(d)
+        return d
+
+    def send(self, group: int, obj: int, payload: bytes, last: bool) -> None:
+        self.client.send(payload)
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        waiters, self.waiters = self.waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def stopProducing(self) -> None:
+        self.resumeProducing()
+
+
+Sink = MoqtSink | BaselineSink
+
+
+class Pump:
+    """Publishes stamped objects as fast as the sink takes them (at most ``burst`` a turn).
+
+    With ``viewers``, it also stays at most ``window`` objects ahead of the slowest one:
+    publisher and viewers share this process, and a publisher that outran them would only
+    measure the relay's slow-viewer policy (skipped groups, then TOO_FAR_BEHIND).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        sink: Sink,
+        size: int,
+        per_group: int,
+        *,
+        viewers: list[Viewer] | None = None,
+        window: int = GROUP_SIZE,
+        limit: int | None = None,
+        burst: int = 64,
+    ) -> None:
+        self.reactor = reactor
+        self.sink = sink
+        self.size = size
+        self.per_group = per_group
+        self.viewers = viewers or []
+        self.window = window
+        self.limit = limit
+        self.burst = burst
+        self.sent = 0
+        self.running = False
+        self._floor = 0
+        self._call: Any = None
+
+    def _window_full(self) -> bool:
+        if not self.viewers or self.sent - self._floor < self.window:
+            return False
+        self._floor = min(v.objects for v in self.viewers)
+        return self.sent - self._floor >= self.window
+
+    def start(self) -> None:
+        self.running = True
+        self._schedule()
+
+    def stop(self) -> None:
+        self.running = False
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _schedule(self, _: object = None) -> None:
+        if self.running and self._call is None:
+            self._call = self.reactor.callLater(0, self._run)
+
+    def _run(self) -> None:
+        self._call = None
+        for _ in range(self.burst):
+            if not self.running:
+                return
+            if self.limit is not None and self.sent >= self.limit:
+                self.running = False
+                return
+            if self.sink.blocked():
+                self.sink.when_unblocked().addCallback(self._schedule)
+                return
+            if self._window_full():
+                self._call = self.reactor.callLater(0.001, self._run)
+                return
+            group, obj = divmod(self.sent, self.per_group)
+            payload = stamped_payload(self.sent, self.size, time.time_ns())
+            last = obj == self.per_group - 1
+            self.sink.send(group, obj, payload, last)
+            self.sent += 1
+        self._schedule()
+
+
+class Pacer:
+    """Publishes a group of ``per_group`` stamped objects ``groups_per_second`` times a second."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        track: TrackPublisher,
+        groups_per_second: float,
+        per_group: int,
+        size: int,
+    ) -> None:
+        self.track = track
+        self.per_group = per_group
+        self.size = size
+        self.group = 0
+        self.sent = 0
+        self.loop = LoopingCall(self._tick)
+        self.loop.clock = reactor
+        self.interval = 1.0 / groups_per_second
+
+    def start(self) -> None:
+        self.loop.start(self.interval, now=True)
+
+    def stop(self) -> None:
+        if self.loop.running:
+            self.loop.stop()
+
+    def _tick(self) -> None:
+        for obj in range(self.per_group):
+            payload = stamped_payload(self.sent, self.size, time.time_ns())
+            self.track.send_object(self.group, obj, payload)
+            self.sent += 1
+        self.track.end_subgroup(self.group)
+        self.group += 1
+
+
+async def open_clients(reactor: Any, url: str, count: int) -> list[MoqtClient]:
+    """``count`` MoQT sessions to ``url``, set up ``CONNECT_BATCH`` at a time."""
+    clients: list[MoqtClient] = []
+    while len(clients) < count:
+        batch = min(CONNECT_BATCH, count - len(clients))
+        attempts = [
+            connect(reactor, url, verify=False, timeout=30.0, limits=CLIENT_LIMITS)
+            for _ in range(batch)
+        ]
+        clients += await gatherResults(attempts, consumeErrors=True)
+    return clients
+
+
+async def subscribe_all(
+    clients: list[MoqtClient],
+    viewers: list[Viewer],
+    name: bytes = b"video",
+    namespace: tuple[bytes, ...] = NS,
+) -> None:
+    for start in range(0, len(clients), CONNECT_BATCH):
+        pairs = zip(
+            clients[start : start + CONNECT_BATCH],
+            viewers[start : start + CONNECT_BATCH],
+            strict=True,
+        )
+        await gatherResults(
+            [client.subscribe(namespace, name, viewer) for client, viewer in pairs],
+            consumeErrors=True,
+        )
+
+
+async def close_clients(reactor: Any, clients: list[MoqtClient]) -> None:
+    for client in clients:
+        if not client.closed.called:
+            client.close()
+    await wait_until(reactor, lambda: all(c.closed.called for c in clients), timeout=10.0)
+
+
+async def publisher(
+    reactor: Any, url: str, *names: bytes, namespace: tuple[bytes, ...] = NS
+) -> tuple[MoqtClient, list[TrackPublisher]]:
+    (client,) = await open_clients(reactor, url, 1)
+    await client.announce(namespace)
+    return client, [client.offer_track(namespace, name) for name in names]
+
+
+class Window:
+    """CPU, delivery and time measured between ``open()`` and ``close()``."""
+
+    def __init__(self, pid: int, viewers: list[Viewer]) -> None:
+        self.pid = pid
+        self.viewers = viewers
+
+    def _snapshot(self) -> tuple[float, float, float, int, int]:
+        return (
+            time.monotonic(),
+            cpu_seconds(self.pid),
+            time.process_time(),
+            sum(v.objects for v in self.viewers),
+            sum(v.bytes for v in self.viewers),
+        )
+
+    def open(self) -> None:
+        self.start = self._snapshot()
+
+    def close(self) -> Figures:
+        end = self._snapshot()
+        wall, cpu, load_cpu, objects, nbytes = (
+            b - a for a, b in zip(self.start, end, strict=True)
+        )
+        return {
+            "obj_s": objects / wall,
+            "mbit_s": nbytes * 8 / wall / 1e6,
+            "cpu_per_gb": cpu / (nbytes / 1e9) if nbytes else float("nan"),
+            "relay_cpu": 100 * cpu / wall,
+            "load_cpu": 100 * load_cpu / wall,
+        }
+
+
+async def drain(reactor: Any, viewers: list[Viewer], expected: int) -> None:
+    """Wait until every viewer has ``expected`` objects or delivery stalls for 0.5 s."""
+    deadline = time.monotonic() + 10.0
+    last = -1
+    while time.monotonic() < deadline:
+        total = sum(v.objects for v in viewers)
+        if total >= expected * len(viewers) or total == last:
+            return
+        last = total
+        await sleep(reactor, 0.5)
+
+
+# -- workloads (one run each) ----------------------------------------------------
+
+
+async def fanout_run(
+    reactor: Any,
+    target: Target,
+    transport: str,
+    viewers: int,
+    seconds: float,
+    *,
+    limit: int | None = None,
+    warmup: float = 0.5,
+) -> Figures:
+    """One publisher to ``viewers`` viewers, as fast as it goes (or ``limit`` objects)."""
+    url = target.url(transport)
+    clients: list[MoqtClient] = []
+    pump: Pump | None = None
+    try:
+        pub, (track,) = await publisher(reactor, url, b"video")
+        clients.append(pub)
+        viewer_clients = await open_clients(reactor, url, viewers)
+        clients += viewer_clients
+        counters = [Viewer() for _ in viewer_clients]
+        await subscribe_all(viewer_clients, counters)
+        pump = Pump(
+            reactor,
+            MoqtSink(pub, track),
+            OBJECT_SIZE,
+            GROUP_SIZE,
+            viewers=counters,
+            limit=limit,
+        )
+        pump.start()
+        await sleep(reactor, warmup)
+        window = Window(target.pid, counters)
+        window.open()
+        await sleep(reactor, seconds)
+        figures = window.close()
+        pump.stop()
+        if pub.closed.called:
+            raise RuntimeError(f"the publisher's session ended: {pub.closed.result}")
+        await drain(reactor, counters, pump.sent)
+        delivered = sum(v.objects for v in counters)
+        figures["sent"] = pump.sent
+        figures["delivered"] = delivered
+        figures["delivered_pct"] = 100 * delivered / (pump.sent * viewers) if pump.sent else 0
+        return figures
+    finally:
+        if pump is not None:
+            pump.stop()
+        await close_clients(reactor, clients)
+
+
+async def baseline_fanout_run(
+    reactor: Any, target: Target, viewers: int, seconds: float, *, warmup: float = 0.5
+) -> Figures:
+    """The same load as `fanout_run` over ws, against the minimal WebSocket fan-out."""
+    clients: list[BaselineClient] = []
+    pump: Pump | None = None
+    try:
+        pub = await connect_baseline(reactor, target.tcp_port, publisher=True)
+        clients.append(pub)
+        counters = [Viewer() for _ in range(viewers)]
+        for start in range(0, viewers, CONNECT_BATCH):
+            clients += await gatherResults(
+                [
+                    Deferred.fromCoroutine(
+                        connect_baseline(
+                            reactor, target.tcp_port, publisher=False, on_message=v.received
+                        )
+                    )
+                    for v in counters[start : start + CONNECT_BATCH]
+                ],
+                consumeErrors=True,
+            )
+        # The server registers a viewer when its upgrade completes, before the client sees it.
+        await sleep(reactor, 0.2)
+        pump = Pump(reactor, BaselineSink(pub), OBJECT_SIZE, GROUP_SIZE, viewers=counters)
+        pump.start()
+        await sleep(reactor, warmup)
+        window = Window(target.pid, counters)
+        window.open()
+        await sleep(reactor, seconds)
+        figures = window.close()
+        pump.stop()
+        await drain(reactor, counters, pump.sent)
+        delivered = sum(v.objects for v in counters)
+        figures["delivered_pct"] = 100 * delivered / (pump.sent * viewers) if pump.sent else 0
+        return figures
+    finally:
+        if pump is not None:
+            pump.stop()
+        for client in clients:
+            client.close()
+        await wait_until(reactor, lambda: all(c.closed.called for c in clients), timeout=10.0)
+
+
+async def latency_run(
+    reactor: Any, target: Target, transport: str, viewers: int, seconds: float
+) -> Figures:
+    """A paced 5 Mbit/s track to ``viewers`` viewers; latency percentiles in ms."""
+    url = target.url(transport)
+    clients: list[MoqtClient] = []
+    pacer: Pacer | None = None
+    try:
+        pub, (track,) = await publisher(reactor, url, b"video")
+        clients.append(pub)
+        viewer_clients = await open_clients(reactor, url, viewers)
+        clients += viewer_clients
+        counters = [Viewer() for _ in viewer_clients]
+        await subscribe_all(viewer_clients, counters)
+        pacer = Pacer(reactor, track, LATENCY_GROUPS_PER_SECOND, LATENCY_PER_GROUP, LATENCY_SIZE)
+        pacer.start()
+        await sleep(reactor, 1.0)
+        for v in counters:
+            v.recording = True
+        window = Window(target.pid, counters)
+        window.open()
+        await sleep(reactor, seconds)
+        figures = window.close()
+        for v in counters:
+            v.recording = False
+        latencies = [ms for v in counters for ms in v.latencies]
+        return {
+            "p50": percentile(latencies, 0.5),
+            "p99": percentile(latencies, 0.99),
+            "max": max(latencies, default=float("nan")),
+            "mbit_s": figures["mbit_s"],
+            "lost": sum(v.lost() for v in counters),
+            "relay_cpu": figures["relay_cpu"],
+            "load_cpu": figures["load_cpu"],
+        }
+    finally:
+        if pacer is not None:
+            pacer.stop()
+        await close_clients(reactor, clients)
+
+
+async def memory_run(reactor: Any, target: Target, transport: str, viewers: int) -> Figures:
+    """Relay RSS growth per idle subscribed viewer."""
+    url = target.url(transport)
+    clients: list[MoqtClient] = []
+    try:
+        pub, (track,) = await publisher(reactor, url, b"video")
+        clients.append(pub)
+        # One viewer first, so the track and its upstream subscription exist before "before".
+        first = await open_clients(reactor, url, 1)
+        clients += first
+        await subscribe_all(first, [Viewer()])
+        track.send_object(0, 0, stamped_payload(0, 1024, time.time_ns()))
+        await sleep(reactor, 0.5)
+        before = rss_bytes(target.pid)
+        started = time.monotonic()
+        viewer_clients = await open_clients(reactor, url, viewers)
+        clients += viewer_clients
+        await subscribe_all(viewer_clients, [Viewer() for _ in viewer_clients])
+        connect_seconds = time.monotonic() - started
+        await sleep(reactor, 0.5)
+        after = rss_bytes(target.pid)
+        return {
+            "kib_per_viewer": (after - before) / viewers / 1024,
+            "rss_before_mib": before / 2**20,
+            "rss_after_mib": after / 2**20,
+            "setup_per_s": viewers / connect_seconds,
+        }
+    finally:
+        await close_clients(reactor, clients)
+
+
+class _StatsFetch(Protocol):
+    """One ``GET /stats`` over HTTP/1.0: the body is everything after the blank line."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.done: Deferred[dict[str, int]] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(b"GET /stats HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+
+    def dataReceived(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        _, _, body = b"".join(self.chunks).partition(b"\r\n\r\n")
+        self.done.callback(json.loads(body))
+
+
+class StatsClient:
+    """Polls the relay runner's ``GET /stats`` (one short connection per poll)."""
+
+    def __init__(self, reactor: Any, port: int) -> None:
+        self.endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+
+    async def get(self) -> dict[str, int]:
+        fetch = _StatsFetch()
+        await connectProtocol(self.endpoint, fetch)
+        return await fetch.done
+
+
+def vanish(client: MoqtClient) -> None:
+    """Drop a WebSocket's TCP connection with no close; close a QUIC session at once."""
+    transport = client.session.transport
+    abort = getattr(transport, "abort", None)
+    if abort is not None:
+        abort()
+    else:
+        client.close()
+
+
+async def teardown_run(
+    reactor: Any, target: Target, transport: str, leavers: int, stayers: int, subgroups: int
+) -> Figures:
+    """``leavers`` viewers holding ``subgroups`` open subgroups each vanish at once."""
+    assert target.stats_port is not None
+    url = target.url(transport)
+    stats = StatsClient(reactor, target.stats_port)
+    clients: list[MoqtClient] = []
+    pacer: Pacer | None = None
+    try:
+        # One session per track: TrackPublisher numbers aliases per track, so two tracks
+        # on one session would both use alias 0.
+        held_pub, (held,) = await publisher(reactor, url, b"held")
+        clients.append(held_pub)
+        pulse_pub, (pulse,) = await publisher(reactor, url, b"pulse", namespace=PULSE_NS)
+        clients.append(pulse_pub)
+        stay_clients = await open_clients(reactor, url, stayers)
+        clients += stay_clients
+        stay = [Viewer() for _ in stay_clients]
+        await subscribe_all(stay_clients, stay, b"pulse", PULSE_NS)
+        leave_clients = await open_clients(reactor, url, leavers)
+        clients += leave_clients
+        await subscribe_all(leave_clients, [Viewer() for _ in leave_clients], b"held")
+        for subgroup in range(subgroups):
+            held.send_object(0, 0, b"held", subgroup_id=subgroup)
+        deadline = time.monotonic() + 30.0
+        while (await stats.get())["streams"] < leavers * subgroups:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the relay never opened every held subgroup")
+            await sleep(reactor, 0.05)
+        pacer = Pacer(reactor, pulse, 100, 1, 1024)
+        pacer.start()
+        await sleep(reactor, 0.5)
+        for v in stay:
+            v.recording = True
+        await sleep(reactor, 1.0)
+        quiet = [ms for v in stay for ms in v.latencies]
+        for v in stay:
+            v.latencies = []
+        started = time.monotonic()
+        for client in leave_clients:
+            vanish(client)
+        while True:
+            now = await stats.get()
+            if (
+                now["peers"] == stayers + 2
+                and now["subscriptions"] == stayers
+                and now["reaper_pending"] == 0
+            ):
+                break
+            if time.monotonic() - started > 60.0:
+                raise RuntimeError(f"the relay did not reap the leavers: {now}")
+            await sleep(reactor, 0.005)
+        reaped = time.monotonic() - started
+        await sleep(reactor, max(0.0, 1.0 - reaped))
+        during = [ms for v in stay for ms in v.latencies]
+        return {
+            "reap_ms": reaped * 1000,
+            "quiet_p99": percentile(quiet, 0.99),
+            "during_p99": percentile(during, 0.99),
+            "during_max": max(during, default=float("nan")),
+            "p99_ratio": percentile(during, 0.99) / percentile(quiet, 0.99),
+        }
+    finally:
+        if pacer is not None:
+            pacer.stop()
+        await close_clients(reactor, clients)
+
+
+# -- the peer comparison (aiomoqt) ---------------------------------------------
+
+
+def interop_python() -> str | None:
+    for candidate in (
+        os.environ.get("MOQRELAY_INTEROP_PYTHON"),
+        str(REPO / ".interop-venv/bin/python"),
+        "/work/interop-venv/bin/python",
+    ):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+_SUB_PATTERNS = {
+    "objects": r"Objects:\s+([\d,]+)",
+    "mbit_s": r"Throughput:\s+([\d.]+) Mbps",
+    "p50": r"p50=([\d.]+)",
+    "p99": r"p99=([\d.]+)",
+    "lost": r"Lost:\s+([\d,]+)",
+    "seconds": r"results\s+\(([\d.]+)s active",
+}
+
+
+def parse_sub_bench(text: str) -> Figures:
+    figures: Figures = {}
+    for key, pattern in _SUB_PATTERNS.items():
+        match = re.search(pattern, text)
+        if match is None:
+            raise RuntimeError(f"sub_bench printed no {key}:\n{text[-3000:]}")
+        figures[key] = float(match.group(1).replace(",", ""))
+    return figures
+
+
+def peer_once(python: str, which: str, seconds: float, workdir: Path) -> Figures:
+    """aiomoqt's pub_bench -> relay ``which`` ("ours" or "aiomoqt") -> sub_bench, over moqt://."""
+    if which == "ours":
+        relay, target = start_relay()
+        url = f"moqt://127.0.0.1:{target.udp_port}/"
+    else:
+        port = free_udp_port()
+        argv = [python, "-P", "-m", "aiomoqt.tools.moq_interop_relay", "--bind", "127.0.0.1"]
+        argv += ["--port", str(port), "--cert", str(workdir / "cert.pem")]
+        argv += ["--key", str(workdir / "key.pem"), "--dual", "--draft", "14"]
+        relay = Child(argv, "aiomoqt-relay", cwd=workdir)
+        try:
+            relay.wait_for(lambda text: True if "Listening on" in text else None)
+        except BaseException:
+            relay.stop()
+            raise
+        target = Target(0, port, relay.process.pid)
+        url = f"moqt://127.0.0.1:{port}/"
+    pub: Child | None = None
+    try:
+        common = ["-k", "--draft", "14", "-N", "bench/peer", "-T", "t1"]
+        pub_argv = [python, "-P", "-m", "aiomoqt.tools.pub_bench", url, *common, "--pub-ns"]
+        pub_argv += ["-s", str(OBJECT_SIZE), "-g", str(GROUP_SIZE), "-r", "0"]
+        pub_argv += ["-t", str(int(seconds) + 60)]
+        pub = Child(pub_argv, "pub_bench", cwd=workdir)
+        pub.wait_for(lambda text: True if "Published" in text else None)
+        cpu_before = cpu_seconds(target.pid)
+        sub_argv = [python, "-P", "-m", "aiomoqt.tools.sub_bench", url, *common]
+        sub_argv += ["-t", str(max(1, round(seconds)))]
+        done = subprocess.run(
+            sub_argv, cwd=workdir, capture_output=True, text=True, timeout=seconds + 60
+        )
+        cpu = cpu_seconds(target.pid) - cpu_before
+        figures = parse_sub_bench(done.stdout + done.stderr)
+        gigabytes = figures["objects"] * OBJECT_SIZE / 1e9
+        figures["cpu_per_gb"] = cpu / gigabytes if gigabytes else float("nan")
+        figures["relay_cpu"] = 100 * cpu / figures["seconds"]
+        return figures
+    finally:
+        if pub is not None:
+            pub.stop()
+        relay.stop()
+
+
+# -- tables ------------------------------------------------------------------------
+
+
+@dataclass
+class Column:
+    key: str
+    header: str
+    fmt: str = "{:,.0f}"
+
+
+@dataclass
+class Row:
+    label: str
+    runs: list[Figures] = field(default_factory=list)
+
+    def median(self, key: str) -> float:
+        values = [run[key] for run in self.runs if key in run]
+        return statistics.median(values) if values else float("nan")
+
+
+@dataclass
+class Section:
+    title: str
+    columns: list[Column]
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        head = ["case", *(c.header for c in self.columns)]
+        lines = [f"### {self.title}", "", "| " + " | ".join(head) + " |"]
+        lines.append("|" + "---|" * len(head))
+        for row in self.rows:
+            cells = [row.label]
+            for column in self.columns:
+                value = row.median(column.key)
+                cells.append("-" if value != value else column.fmt.format(value))
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", *self.notes]
+        return "\n".join(lines).rstrip() + "\n"
+
+
+FANOUT_COLUMNS = [
+    Column("obj_s", "objects/s"),
+    Column("mbit_s", "Mbit/s"),
+    Column("cpu_per_gb", "relay CPU s/GB", "{:.2f}"),
+    Column("relay_cpu", "relay CPU %"),
+    Column("load_cpu", "load CPU %"),
+    Column("delivered_pct", "delivered %", "{:.1f}"),
+]
+RATIO_COLUMNS = [
+    Column("obj_s_ratio", "relay/baseline objects/s", "{:.2f}x"),
+    Column("cpu_ratio", "relay/baseline CPU per GB", "{:.2f}x"),
+]
+
+
+# -- the workloads, every run ------------------------------------------------------
+
+
+async def fanout_section(
+    reactor: Any,
+    transports: list[str],
+    viewer_counts: list[int],
+    seconds: float,
+    runs: int,
+    baseline: bool,
+) -> list[Section]:
+    section = Section(
+        f"fanout: 1 publisher, {OBJECT_SIZE // 1024} KiB objects, {GROUP_SIZE} per group, "
+        f"{seconds:g} s",
+        FANOUT_COLUMNS,
+        notes=[
+            "Objects/s and Mbit/s are summed over the viewers. The publisher keeps its "
+            "session queue under 1 MiB and stays at most one group ahead of the slowest "
+            "viewer (all share the load process), so delivered % should be 100; relay and "
+            "load CPU % are of one core."
+        ],
+    )
+    ratios = Section("fanout over ws: relay / minimal WebSocket fan-out", RATIO_COLUMNS)
+    for transport in transports:
+        for viewers in viewer_counts:
+            row = Row(f"{transport}, {viewers} viewers")
+            section.rows.append(row)
+            with_baseline = baseline and transport == "ws"
+            base_row = Row(f"baseline ws, {viewers} viewers")
+            ratio_row = Row(f"{viewers} viewers")
+            for run in range(runs):
+
+                async def ours(
+                    target: Target, transport: str = transport, viewers: int = viewers
+                ) -> Figures:
+                    return await fanout_run(reactor, target, transport, viewers, seconds)
+
+                async def theirs(target: Target, viewers: int = viewers) -> Figures:
+                    return await baseline_fanout_run(reactor, target, viewers, seconds)
+
+                if with_baseline and run % 2 == 1:
+                    base = await with_process(start_baseline, theirs)
+                figures = await with_process(start_relay, ours)
+                if with_baseline and run % 2 == 0:
+                    base = await with_process(start_baseline, theirs)
+                row.runs.append(figures)
+                _progress(row.label, figures)
+                if with_baseline:
+                    base_row.runs.append(base)
+                    ratio_row.runs.append(
+                        {
+                            "obj_s_ratio": figures["obj_s"] / base["obj_s"],
+                            "cpu_ratio": figures["cpu_per_gb"] / base["cpu_per_gb"],
+                        }
+                    )
+                    _progress(base_row.label, base)
+            if with_baseline:
+                section.rows.append(base_row)
+                ratios.rows.append(ratio_row)
+    return [section, ratios] if ratios.rows else [section]
+
+
+async def profile_section(
+    reactor: Any, transport: str, viewers: int, seconds: float
+) -> tuple[list[Section], str]:
+    """One fanout run with the relay under cProfile; returns the top-25 listings."""
+    with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
+        path = str(Path(tmp) / "relay.prof")
+        figures = await with_process(
+            lambda: start_relay(profile=path),
+            lambda target: fanout_run(reactor, target, transport, viewers, seconds),
+        )
+        listing = []
+        for sort in ("cumulative", "tottime"):
+            out = _StringSink()
+            stats = pstats.Stats(path, stream=out)  # type: ignore[arg-type]
+            stats.strip_dirs().sort_stats(sort).print_stats(25)
+            listing.append(f"Top 25 by {sort}:\n" + _trim_pstats(out.text()))
+    section = Section(
+        f"fanout under cProfile ({transport}, {viewers} viewers, {seconds:g} s; slower than "
+        "unprofiled)",
+        FANOUT_COLUMNS,
+        [Row("profiled", [figures])],
+    )
+    return [section], "\n\n".join(listing)
+
+
+class _StringSink:
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return len(text)
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def _trim_pstats(text: str) -> str:
+    """pstats output from its column header on, without the preamble."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.lstrip().startswith("ncalls"):
+            return "\n".join(lines[i:]).rstrip()
+    return text.rstrip()
+
+
+async def latency_section(
+    reactor: Any, transports: list[str], viewers: int, seconds: float, runs: int
+) -> Section:
+    section = Section(
+        f"latency: 5 Mbit/s track ({LATENCY_GROUPS_PER_SECOND} groups/s x {LATENCY_PER_GROUP} "
+        f"objects x {LATENCY_SIZE:,} B) to {viewers} viewers, {seconds:g} s",
+        [
+            Column("p50", "p50 ms", "{:.1f}"),
+            Column("p99", "p99 ms", "{:.1f}"),
+            Column("max", "max ms", "{:.1f}"),
+            Column("mbit_s", "delivered Mbit/s"),
+            Column("lost", "objects lost"),
+            Column("relay_cpu", "relay CPU %"),
+            Column("load_cpu", "load CPU %"),
+        ],
+        notes=[
+            "Latency is publish (stamp written) to receipt (callback in the viewer), both in "
+            "the load process, so it includes the load process's own queueing."
+        ],
+    )
+    for transport in transports:
+        row = Row(f"{transport}, {viewers} viewers")
+        section.rows.append(row)
+        for _ in range(runs):
+
+            async def work(target: Target, transport: str = transport) -> Figures:
+                return await latency_run(reactor, target, transport, viewers, seconds)
+
+            row.runs.append(await with_process(start_relay, work))
+            _progress(row.label, row.runs[-1])
+    return section
+
+
+async def memory_section(reactor: Any, transports: list[str], viewers: int, runs: int) -> Section:
+    section = Section(
+        f"memory: relay RSS per idle subscribed viewer, {viewers:,} viewers",
+        [
+            Column("kib_per_viewer", "KiB per viewer", "{:.1f}"),
+            Column("rss_before_mib", "RSS before MiB", "{:.1f}"),
+            Column("rss_after_mib", "RSS after MiB", "{:.1f}"),
+            Column("setup_per_s", "viewers set up per s"),
+        ],
+    )
+    for transport in transports:
+        row = Row(f"{transport}, {viewers:,} viewers")
+        section.rows.append(row)
+        for _ in range(runs):
+
+            async def work(target: Target, transport: str = transport) -> Figures:
+                return await memory_run(reactor, target, transport, viewers)
+
+            row.runs.append(await with_process(start_relay, work))
+            _progress(row.label, row.runs[-1])
+    return section
+
+
+async def teardown_section(
+    reactor: Any, transports: list[str], leavers: int, runs: int
+) -> Section:
+    stayers, subgroups = 10, 10
+    section = Section(
+        f"teardown: {leavers:,} viewers with {subgroups} open subgroups each vanish at once; "
+        f"{stayers} viewers stay (100 objects/s of 1 KiB)",
+        [
+            Column("reap_ms", "reaped after ms"),
+            Column("quiet_p99", "stayers quiet p99 ms", "{:.1f}"),
+            Column("during_p99", "stayers p99 during ms", "{:.1f}"),
+            Column("during_max", "stayers max during ms", "{:.1f}"),
+            Column("p99_ratio", "p99 during/quiet", "{:.2f}x"),
+        ],
+        notes=[
+            "Reaped = the runner's /stats shows only the publisher and the stayers, their "
+            "subscriptions only, and an empty reaper worklist. 'During' covers at least 1 s "
+            "from the moment the leavers vanish (WebSocket: TCP dropped with no close; QUIC "
+            "and WebTransport: CONNECTION_CLOSE)."
+        ],
+    )
+    for transport in transports:
+        row = Row(f"{transport}")
+        section.rows.append(row)
+        for _ in range(runs):
+
+            async def work(target: Target, transport: str = transport) -> Figures:
+                return await teardown_run(reactor, target, transport, leavers, stayers, subgroups)
+
+            row.runs.append(await with_process(lambda: start_relay(max_streams=50_000), work))
+            _progress(row.label, row.runs[-1])
+    return section
+
+
+def peer_section(seconds: float, runs: int) -> Section:
+    section = Section(
+        f"peer: aiomoqt pub_bench -> relay -> aiomoqt sub_bench, moqt://, "
+        f"{OBJECT_SIZE // 1024} KiB objects, {GROUP_SIZE} per group, as fast as possible, "
+        f"{seconds:g} s",
+        [
+            Column("mbit_s", "Mbit/s", "{:,.0f}"),
+            Column("p50", "p50 ms", "{:.1f}"),
+            Column("p99", "p99 ms", "{:.1f}"),
+            Column("lost", "lost"),
+            Column("seconds", "sub active s", "{:.1f}"),
+            Column("cpu_per_gb", "relay CPU s/GB", "{:.2f}"),
+            Column("relay_cpu", "relay CPU %"),
+        ],
+    )
+    python = interop_python()
+    if python is None:
+        section.notes.append(
+            "Skipped: no aiomoqt interpreter (set MOQRELAY_INTEROP_PYTHON, or "
+            "python3.12 -m venv .interop-venv && .interop-venv/bin/pip install aiomoqt==0.13.3)."
+        )
+        return section
+    from moqrelay.tls import generate_dev_chain
+
+    ours, theirs, ratio = Row("moqrelay"), Row("aiomoqt relay"), Row("moqrelay / aiomoqt")
+    with tempfile.TemporaryDirectory(prefix="bench-peer-") as tmp:
+        workdir = Path(tmp)
+        chain = generate_dev_chain()
+        (workdir / "cert.pem").write_bytes(chain.cert_pem)
+        (workdir / "key.pem").write_bytes(chain.key_pem)
+        for run in range(runs):
+            order = ["ours", "aiomoqt"] if run % 2 == 0 else ["aiomoqt", "ours"]
+            got = {which: peer_once(python, which, seconds, workdir) for which in order}
+            ours.runs.append(got["ours"])
+            theirs.runs.append(got["aiomoqt"])
+            ratio.runs.append(
+                {
+                    "mbit_s": got["ours"]["mbit_s"] / got["aiomoqt"]["mbit_s"],
+                    "cpu_per_gb": got["ours"]["cpu_per_gb"] / got["aiomoqt"]["cpu_per_gb"],
+                }
+            )
+            _progress("peer moqrelay", got["ours"])
+            _progress("peer aiomoqt", got["aiomoqt"])
+    section.rows += [ours, theirs]
+    section.notes.append(
+        "Ratios within each run (alternating which relay goes first), then the median: "
+        f"throughput {ratio.median('mbit_s'):.2f}x, relay CPU per GB "
+        f"{ratio.median('cpu_per_gb'):.2f}x. Latency and loss are sub_bench's own figures. "
+        "aiomoqt's relay binds 0.0.0.0 (its transport takes no bind address); all traffic "
+        "stays on 127.0.0.1."
+    )
+    return section
+
+
+def _progress(label: str, figures: Figures) -> None:
+    shown = ", ".join(f"{k} {v:,.2f}" for k, v in figures.items())
+    sys.stderr.write(f"  {label}: {shown}\n")
+    sys.stderr.flush()
+
+
+# -- command line ------------------------------------------------------------------
+
+WORKLOADS = ("fanout", "latency", "memory", "teardown", "peer", "all")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="relay_bench.py", description="Benchmark the relay over real sockets on 127.0.0.1."
+    )
+    p.add_argument("workload", choices=WORKLOADS)
+    p.add_argument("--transport", choices=sorted(SCHEMES), help="default: each the workload uses")
+    p.add_argument("--viewers", type=int, help="default: the workload's own")
+    p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run")
+    p.add_argument("--runs", type=int, default=3, help="runs per figure (the median is shown)")
+    p.add_argument("--baseline", action="store_true", help="fanout: also the WebSocket baseline")
+    p.add_argument("--profile", action="store_true", help="fanout: one run under cProfile")
+    p.add_argument("--append-results", action="store_true", help="append to bench/RESULTS.md")
+    return p
+
+
+async def run(reactor: Any, args: argparse.Namespace) -> tuple[list[Section], str]:
+    """Every section the command asks for, and the profile listing (if any)."""
+    sections: list[Section] = []
+    listing = ""
+    chosen = [args.transport] if args.transport else None
+    workloads = ["fanout", "latency", "memory", "teardown", "peer"]
+    if args.workload != "all":
+        workloads = [args.workload]
+    for workload in workloads:
+        sys.stderr.write(f"{workload}...\n")
+        if workload == "fanout" and args.profile:
+            found, listing = await profile_section(
+                reactor, args.transport or "ws", args.viewers or 10, args.seconds
+            )
+            sections += found
+        elif workload == "fanout":
+            counts = [args.viewers] if args.viewers else [1, 10, 100]
+            sections += await fanout_section(
+                reactor,
+                chosen or ["ws", "quic", "webtransport"],
+                counts,
+                args.seconds,
+                args.runs,
+                args.baseline or args.workload == "all",
+            )
+        elif workload == "latency":
+            sections.append(
+                await latency_section(
+                    reactor, chosen or ["ws"], args.viewers or 100, args.seconds, args.runs
+                )
+            )
+        elif workload == "memory":
+            sections.append(
+                await memory_section(
+                    reactor, chosen or ["ws", "quic"], args.viewers or 1000, args.runs
+                )
+            )
+        elif workload == "teardown":
+            sections.append(
+                await teardown_section(reactor, chosen or ["ws"], args.viewers or 1000, args.runs)
+            )
+        else:
+            sections.append(await deferToThread(peer_section, args.seconds, args.runs))
+    return sections, listing
+
+
+def machine() -> str:
+    uname = subprocess.run(["uname", "-srm"], capture_output=True, text=True).stdout.strip()
+    return f"`{uname}`, nproc {os.cpu_count()}, Python {platform.python_version()}"
+
+
+def results_markdown(
+    argv: Sequence[str], args: argparse.Namespace, sections: list[Section], listing: str
+) -> str:
+    command = "PYTHONPATH=. python bench/relay_bench.py " + shlex.join(argv)
+    lines = [
+        f"## Relay: {args.workload}",
+        "",
+        f"- Date: {datetime.date.today().isoformat()}",
+        f"- Machine: {machine()}",
+        f"- Command: `{command}`",
+        f"- Median of {args.runs} runs; the relay in its own process, publisher and viewers "
+        "in one other process.",
+        "",
+    ]
+    body = "\n".join(s.markdown() for s in sections)
+    if listing:
+        body += "\n```\n" + listing + "\n```\n"
+    return "\n".join(lines) + body
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    if args.profile:
+        args.runs = 1
+    atexit.register(Child.stop_all)
+    from twisted.internet.task import react
+
+    async def go(reactor: Any) -> None:
+        started = time.monotonic()
+        sections, listing = await run(reactor, args)
+        text = results_markdown(argv, args, sections, listing)
+        sys.stdout.write(text)
+        sys.stdout.write(f"\n(total {time.monotonic() - started:.0f} s)\n")
+        if args.append_results:
+            with RESULTS.open("a") as f:
+                f.write("\n" + text)
+
+    react(lambda reactor: Deferred.fromCoroutine(go(reactor)))
+
+
+if __name__ == "__main__":
+    main()

@@ -14,6 +14,7 @@ from moqrelay.client.token import make_token
 from moqrelay.relay.hub import RelayConfig
 from moqrelay.session import SessionLimits
 from moqrelay.wire import control as c
+from moqrelay.wire.data import FetchObject
 from moqrelay.wire.errors import (
     PublishDoneCode,
     SessionErrorCode,
@@ -720,3 +721,59 @@ class EvictionTests(SynchronousTestCase):
         # The relay stopped the publisher's stream of the evicted group.
         self.assertEqual(old_stream.reset_code, 0x1)  # type: ignore[attr-defined]
         self.assertEqual(relay_track.upstream_open, 2)
+
+
+class FetchForwardingTests(SynchronousTestCase):
+    """A FETCH the cache cannot answer goes to the publisher, its stream back to the viewer."""
+
+    def setUp(self) -> None:
+        self.world = MemoryRelay()
+        self.clock = self.world.clock
+        self.publisher, self.pub_side, _ = self.world.connect()
+        self.publisher.announce(NS)
+        settle(self.clock)
+        self.asked: list[c.Fetch] = []
+
+        def archive(msg: c.Fetch) -> list[FetchObject] | None:
+            self.asked.append(msg)
+            return [
+                FetchObject(g, 0, o, 128, b"", b"old %d.%d" % (g, o), 0)
+                for g in (0, 1)
+                for o in (0, 1)
+            ]
+
+        self.publisher.on_fetch = archive
+        self.viewer, _, _ = self.world.connect()
+
+    def test_fetch_of_a_track_nobody_watches_is_forwarded(self) -> None:
+        d = self.viewer.fetch(NS, b"archive", c.Location(0, 0), c.Location(1, 0))
+        settle(self.clock)
+        objects = self.successResultOf(d)
+        self.assertEqual(
+            [o.payload for o in objects], [b"old 0.0", b"old 0.1", b"old 1.0", b"old 1.1"]
+        )
+        self.assertEqual(self.asked[0].track_name, b"archive")
+        (relay_viewer,) = [p for p in self.world.relay.peers if not p.namespaces]
+        self.assertEqual(relay_viewer.fetches_out, {})
+
+    def test_range_older_than_the_cache_is_forwarded(self) -> None:
+        track = self.publisher.offer_track(NS, b"video")
+        self.viewer.subscribe(NS, b"video", Recorder())
+        settle(self.clock)
+        for group in range(5, 7):
+            track.send_object(group, 0, b"new")
+        settle(self.clock)
+        d = self.viewer.fetch(NS, b"video", c.Location(0, 0), c.Location(1, 0))
+        settle(self.clock)
+        self.assertEqual(len(self.successResultOf(d)), 4)
+        self.assertEqual(len(self.asked), 1)
+
+    def test_publisher_refusal_and_departure_reach_the_viewer(self) -> None:
+        self.publisher.on_fetch = lambda msg: None
+        d = self.viewer.fetch(NS, b"archive", c.Location(0, 0), c.Location(1, 0))
+        settle(self.clock)
+        self.assertEqual(self.failureResultOf(d, RequestRejected).value.code, 0x3)
+        self.publisher.on_fetch = lambda msg: None
+        d2 = self.viewer.fetch((b"nobody",), b"x", c.Location(0, 0), c.Location(1, 0))
+        settle(self.clock)
+        self.assertEqual(self.failureResultOf(d2, RequestRejected).value.code, 0x4)

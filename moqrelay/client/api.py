@@ -28,6 +28,8 @@ from moqrelay.wire.data import (
     ObjectRecord,
     SubgroupHeader,
     encode_datagram,
+    encode_fetch_header,
+    encode_fetch_object,
     encode_subgroup_header,
     encode_subgroup_object,
 )
@@ -232,6 +234,8 @@ class MoqtClient:
         # Decides on a relay PUBLISH: return a callback to accept it, None to refuse.
         self.on_publish: Callable[[c.Publish], ObjectCallback | None] = lambda msg: None
         self.offers: list[c.Publish] = []
+        # Answers a FETCH as a publisher: the objects to send, or None to refuse it.
+        self.on_fetch: Callable[[c.Fetch], list[FetchObject] | None] = lambda msg: None
 
     # -- API -------------------------------------------------------------------
 
@@ -445,8 +449,25 @@ class MoqtClient:
                 track._unsubscribe(msg.request_id)
         elif isinstance(msg, c.GoAway):
             self.goaway = msg
-        elif isinstance(msg, (c.Fetch, c.TrackStatus, c.SubscribeNamespace)):
+        elif isinstance(msg, c.Fetch):
+            self._serve_fetch(msg)
+        elif isinstance(msg, (c.TrackStatus, c.SubscribeNamespace)):
             self._refuse(msg)
+
+    def _serve_fetch(self, msg: c.Fetch) -> None:
+        objects = self.on_fetch(msg)
+        if not objects:
+            self.session.send(c.FetchError(msg.request_id, 0x3, "this client serves no FETCH"))
+            return
+        last = max(objects, key=lambda o: (o.group_id, o.object_id))
+        end = Location(last.group_id, last.object_id + 1)
+        order = msg.group_order or c.GROUP_ORDER_ASCENDING
+        self.session.send(c.FetchOk(msg.request_id, order, False, end, []))
+        stream = self.session.open_uni_stream()
+        stream.write(
+            encode_fetch_header(msg.request_id) + b"".join(encode_fetch_object(o) for o in objects)
+        )
+        stream.finish()
 
     def _publish_answered(self, msg: c.PublishOk | c.PublishError) -> None:
         published = self._published.pop(msg.request_id, None)
@@ -499,10 +520,8 @@ class MoqtClient:
             return
         track._subscribe(msg)
 
-    def _refuse(self, msg: c.Fetch | c.TrackStatus | c.SubscribeNamespace) -> None:
-        if isinstance(msg, c.Fetch):
-            self.session.send(c.FetchError(msg.request_id, 0x3, "not supported by this client"))
-        elif isinstance(msg, c.TrackStatus):
+    def _refuse(self, msg: c.TrackStatus | c.SubscribeNamespace) -> None:
+        if isinstance(msg, c.TrackStatus):
             self.session.send(c.TrackStatusError(msg.request_id, 0x3, "not supported"))
         else:
             self.session.send(c.SubscribeNamespaceError(msg.request_id, 0x3, "not supported"))

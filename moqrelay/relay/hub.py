@@ -45,8 +45,17 @@ from moqrelay.relay.serve import SessionWriter
 from moqrelay.relay.subscription import Subscription
 from moqrelay.relay.tracks import Track, TrackKey
 from moqrelay.session import RELAY_IMPLEMENTATION, IncomingData, MoqtSession, SessionApp
+from moqrelay.transport.interfaces import IStream
 from moqrelay.wire import control as c
-from moqrelay.wire.data import FetchObject, ObjectDatagram, ObjectRecord, SubgroupHeader
+from moqrelay.wire.data import (
+    FetchHeader,
+    FetchObject,
+    ObjectDatagram,
+    ObjectRecord,
+    SubgroupHeader,
+    encode_fetch_header,
+    encode_fetch_object,
+)
 from moqrelay.wire.errors import (
     FetchErrorCode,
     NamespaceErrorCode,
@@ -292,6 +301,12 @@ class Relay:
                 self.namespace_removed(namespace, peer)
         peer.namespaces = set()
         peer.namespace_subscriptions = {}
+        fetches_out, peer.fetches_out = peer.fetches_out, {}
+        for forwarded in fetches_out.values():
+            forwarded.cancel()
+        fetches, peer.fetches = peer.fetches, {}
+        for forwarded in fetches.values():
+            forwarded.publisher_gone()
         subs = list(peer.subscriptions.values())
         peer.subscriptions = {}
         self.reaper.extend([sub.session_gone for sub in subs])
@@ -303,6 +318,68 @@ class Relay:
         else:
             status, reason = PublishDoneCode.TRACK_ENDED, "publisher disconnected"
         self.reaper.extend([partial(self.end_track, track, status, reason) for track in tracks])
+
+
+class ForwardedFetch:
+    """A viewer's FETCH answered by a publisher: its fetch stream is copied to the viewer."""
+
+    def __init__(self, viewer: RelayPeer, request_id: int) -> None:
+        self.viewer = viewer
+        self.request_id = request_id
+        self.upstream: tuple[RelayPeer, int] | None = None
+        self.source: IncomingData | None = None
+        self.downstream: IStream | None = None
+        self.done = False
+
+    def open_downstream(self) -> bool:
+        if self.done or self.viewer.session.closed:
+            return False
+        self.downstream = self.viewer.session.open_uni_stream()
+        self.downstream.write(encode_fetch_header(self.request_id))
+        return True
+
+    def forward(self, obj: FetchObject) -> None:
+        if self.downstream is not None and not self.done:
+            self.downstream.write(encode_fetch_object(obj))
+
+    def end(self, reset_code: int | None) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.viewer.fetches_out.pop(self.request_id, None)
+        if self.downstream is not None:
+            if reset_code is None:
+                self.downstream.finish()
+            else:
+                self.downstream.reset(reset_code)
+
+    def publisher_gone(self) -> None:
+        if self.done:
+            return
+        if self.downstream is None:
+            self.done = True
+            self.viewer.fetches_out.pop(self.request_id, None)
+            self.viewer.session.send(
+                c.FetchError(
+                    self.request_id, FetchErrorCode.INTERNAL_ERROR, "publisher disconnected"
+                )
+            )
+        else:
+            self.end(StreamResetCode.INTERNAL_ERROR)
+
+    def cancel(self) -> None:
+        """The viewer sent FETCH_CANCEL (or left): stop both sides."""
+        if self.done:
+            return
+        self.done = True
+        if self.downstream is not None:
+            self.downstream.reset(StreamResetCode.CANCELLED)
+        if self.upstream is not None:
+            publisher, request_id = self.upstream
+            publisher.fetches.pop(request_id, None)
+            publisher.session.send(c.FetchCancel(request_id))
+            if self.source is not None:
+                self.source.stop(StreamResetCode.CANCELLED)
 
 
 class RelayPeer:
@@ -328,6 +405,10 @@ class RelayPeer:
         self.tracks_by_alias: dict[int, Track] = {}
         # Our PUBLISHes to this peer awaiting PUBLISH_OK, by our request id.
         self.offered: dict[int, Track] = {}
+        # FETCHes forwarded to this peer as a publisher (by our request id), and this
+        # peer's own FETCHes being answered by another publisher (by its request id).
+        self.fetches: dict[int, ForwardedFetch] = {}
+        self.fetches_out: dict[int, ForwardedFetch] = {}
         # TRACK_STATUS forwarded upstream for a viewer: our request id -> (viewer, its id).
         self.status_requests: dict[int, tuple[RelayPeer, int]] = {}
         self._handlers: dict[type, Callable[[Any], None]] = {
@@ -346,9 +427,9 @@ class RelayPeer:
             c.PublishOk: self._on_publish_ok,
             c.PublishError: self._on_publish_error,
             c.Fetch: self._on_fetch,
-            c.FetchCancel: self._ignore,
-            c.FetchOk: self._ignore,
-            c.FetchError: self._ignore,
+            c.FetchCancel: self._on_fetch_cancel,
+            c.FetchOk: self._on_fetch_answer,
+            c.FetchError: self._on_fetch_answer,
             c.TrackStatus: self._on_track_status,
             c.TrackStatusOk: self._on_track_status_answer,
             c.TrackStatusError: self._on_track_status_answer,
@@ -388,6 +469,14 @@ class RelayPeer:
 
     def data_header(self, stream: IncomingData) -> None:
         header = stream.header
+        if isinstance(header, FetchHeader):
+            forwarded = self.fetches.get(header.request_id)
+            if forwarded is None or not forwarded.open_downstream():
+                stream.stop(StreamResetCode.CANCELLED)
+                return
+            forwarded.source = stream
+            stream.context = forwarded
+            return
         if not isinstance(header, SubgroupHeader):
             stream.stop(StreamResetCode.CANCELLED)
             return
@@ -420,6 +509,9 @@ class RelayPeer:
 
     def data_object(self, stream: IncomingData, obj: ObjectRecord | FetchObject) -> None:
         context = stream.context
+        if isinstance(context, ForwardedFetch) and isinstance(obj, FetchObject):
+            context.forward(obj)
+            return
         if not isinstance(context, tuple) or not isinstance(obj, ObjectRecord):
             return
         track, subgroup = context
@@ -430,6 +522,10 @@ class RelayPeer:
 
     def data_end(self, stream: IncomingData, reset_code: int | None) -> None:
         context = stream.context
+        if isinstance(context, ForwardedFetch):
+            self.fetches.pop(context.upstream[1] if context.upstream else -1, None)
+            context.end(reset_code)
+            return
         if isinstance(context, tuple):
             track, subgroup = context
             track.upstream_open -= 1
@@ -791,7 +887,12 @@ class RelayPeer:
         try:
             track, wanted = self._fetch_range(msg)
         except FetchRefused as e:
-            self.session.send(c.FetchError(msg.request_id, e.code, e.reason))
+            if not self._forward_fetch(msg, e):
+                self.session.send(c.FetchError(msg.request_id, e.code, e.reason))
+            return
+        cached_from = min(track.groups, default=wanted.start.group + 1)
+        if wanted.start.group < cached_from and self._forward_fetch(msg, None):
+            # The range starts before what the cache holds: the publisher may have it.
             return
         order = msg.group_order or track.group_order
         objects = collect(track, wanted, descending=order == c.GROUP_ORDER_DESCENDING)
@@ -832,6 +933,60 @@ class RelayPeer:
         if sub.track.state != Track.LIVE:
             raise FetchRefused(FetchErrorCode.TRACK_DOES_NOT_EXIST, "track not live yet")
         return sub.track, joining_range(msg, sub.largest_at_start)
+
+    def _forward_fetch(self, msg: c.Fetch, refused: FetchRefused | None) -> bool:
+        """A standalone FETCH the cache cannot answer goes to the track's publisher."""
+        if msg.fetch_type != c.FETCH_STANDALONE or msg.namespace is None:
+            return False
+        if refused is not None and refused.code != FetchErrorCode.TRACK_DOES_NOT_EXIST:
+            return False
+        publisher = self.relay.namespaces.lookup(msg.namespace)
+        if publisher is None and not self.is_relay:
+            publisher = self.relay.upstream_peer
+        if publisher is None or publisher is self:
+            return False
+        publisher.fetch_for(self, msg)
+        return True
+
+    def fetch_for(self, viewer: RelayPeer, msg: c.Fetch) -> None:
+        """Ask this peer (a publisher) for a FETCH on behalf of ``viewer``."""
+        forwarded = ForwardedFetch(viewer, msg.request_id)
+        viewer.fetches_out[msg.request_id] = forwarded
+
+        def make(request_id: int) -> c.ControlMessage:
+            forwarded.upstream = (self, request_id)
+            self.fetches[request_id] = forwarded
+            return c.Fetch(
+                request_id,
+                msg.subscriber_priority,
+                msg.group_order,
+                c.FETCH_STANDALONE,
+                msg.namespace,
+                msg.track_name,
+                msg.start,
+                msg.end,
+            )
+
+        self.session.send_request(make)
+
+    def _on_fetch_answer(self, msg: c.FetchOk | c.FetchError) -> None:
+        forwarded = self.fetches.get(msg.request_id)
+        if forwarded is None:
+            return
+        viewer = forwarded.viewer
+        if isinstance(msg, c.FetchOk):
+            viewer.session.send(
+                c.FetchOk(forwarded.request_id, msg.group_order, msg.end_of_track, msg.end, [])
+            )
+            return
+        del self.fetches[msg.request_id]
+        viewer.fetches_out.pop(forwarded.request_id, None)
+        viewer.session.send(c.FetchError(forwarded.request_id, msg.error_code, msg.reason))
+
+    def _on_fetch_cancel(self, msg: c.FetchCancel) -> None:
+        forwarded = self.fetches_out.pop(msg.request_id, None)
+        if forwarded is not None:
+            forwarded.cancel()
 
     def _on_track_status(self, msg: c.TrackStatus) -> None:
         denied = self.denied(False, msg.namespace, msg.params)

@@ -178,8 +178,17 @@ def _json_line(text: str) -> dict[str, int] | None:
     return None
 
 
-def start_relay(profile: str | None = None, max_streams: int = 10_000) -> tuple[Child, Target]:
-    argv = [sys.executable, str(BENCH_DIR / "relay_runner.py"), "--max-streams", str(max_streams)]
+def start_relay(
+    profile: str | None = None, max_streams: int = 10_000, idle_timeout: float = 30.0
+) -> tuple[Child, Target]:
+    argv = [
+        sys.executable,
+        str(BENCH_DIR / "relay_runner.py"),
+        "--max-streams",
+        str(max_streams),
+        "--idle-timeout",
+        str(idle_timeout),
+    ]
     if profile:
         argv += ["--profile", profile]
     child = Child(argv, "relay")
@@ -704,13 +713,14 @@ async def memory_run(reactor: Any, target: Target, transport: str, viewers: int)
 class _StatsFetch(Protocol):
     """One ``GET /stats`` over HTTP/1.0: the body is everything after the blank line."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: bytes = b"/stats") -> None:
+        self.path = path
         self.chunks: list[bytes] = []
         self.done: Deferred[dict[str, int]] = Deferred()
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        self.transport.write(b"GET /stats HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        self.transport.write(b"GET " + self.path + b" HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
 
     def dataReceived(self, data: bytes) -> None:
         self.chunks.append(data)
@@ -726,8 +736,9 @@ class StatsClient:
     def __init__(self, reactor: Any, port: int) -> None:
         self.endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
 
-    async def get(self) -> dict[str, int]:
-        fetch = _StatsFetch()
+    async def get(self, collect: bool = False) -> dict[str, int]:
+        """The runner's stats; ``collect`` forces a GC there first and adds ``rss_kib``."""
+        fetch = _StatsFetch(b"/stats?gc=1" if collect else b"/stats")
         await connectProtocol(self.endpoint, fetch)
         return await fetch.done
 

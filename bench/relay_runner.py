@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import ctypes
+import gc
 import json
 import os
 import sys
@@ -64,11 +66,35 @@ class StatsResource(Resource):
         self.relay = relay
 
     def render_GET(self, request: Request) -> bytes:
+        """The stats; with ``?gc=1``, after a full garbage collection, with the RSS in KiB."""
         request.setHeader(b"content-type", b"application/json")
-        return json.dumps(relay_stats(self.relay)).encode()
+        stats = relay_stats(self.relay)
+        if request.args.get(b"gc") == [b"1"]:
+            gc.collect()
+            _trim_heap()
+            stats["rss_kib"] = _rss_kib()
+        return json.dumps(stats).encode()
 
 
-def build_service(reactor: Any, max_streams: int) -> RelayService:
+def _trim_heap() -> None:
+    """Give free heap pages back to the OS (glibc), so that RSS shows what is live
+    rather than the allocator's high-water mark."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.malloc_trim(0)
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def build_service(reactor: Any, max_streams: int, idle_timeout: float = 30.0) -> RelayService:
     """The relay under test: defaults everywhere, a fresh dev certificate, ephemeral ports."""
     return RelayService(
         reactor,
@@ -77,6 +103,7 @@ def build_service(reactor: Any, max_streams: int) -> RelayService:
         config=RelayConfig(),
         limits=SessionLimits(max_incoming_streams=max_streams),
         dev=True,
+        idle_timeout=idle_timeout,
     )
 
 
@@ -84,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Run a relay for relay_bench.py.")
     parser.add_argument("--profile", help="write cProfile stats of the reactor loop here")
     parser.add_argument("--max-streams", type=int, default=10_000)
+    parser.add_argument("--idle-timeout", type=float, default=30.0)
     return parser
 
 
@@ -93,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     reactor: Any = global_reactor
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
-    service = build_service(reactor, args.max_streams)
+    service = build_service(reactor, args.max_streams, args.idle_timeout)
     service.startService()
     stats_port = reactor.listenTCP(0, Site(StatsResource(service.relay)), interface="127.0.0.1")
 

@@ -9,12 +9,12 @@ from contextlib import contextmanager
 from twisted.internet.task import Clock
 
 from moqrelay.auth import Authorizer
-from moqrelay.client.api import MoqtClient, ReceivedObject, SessionLost
+from moqrelay.client.api import MoqtClient, ReceivedObject, SessionLost, TrackPublisher
 from moqrelay.relay.hub import Relay, RelayConfig
 from moqrelay.session import MoqtSession, SessionLimits
 from moqrelay.testing import MemorySession, memory_session_pair
 from moqrelay.transport.interfaces import ITransportSession
-from moqrelay.wire.control import Param
+from moqrelay.wire.control import Namespace, Param
 
 
 def settle(clock: Clock, limit: int = 100_000) -> int:
@@ -65,6 +65,13 @@ class MemoryRelay:
         # Tests of refused sessions look at the close code; the lost SETUP is expected.
         app.ready.addErrback(lambda failure: failure.trap(SessionLost))
         return app, client_side, relay_side
+
+    def publish(self, namespace: Namespace, name: bytes) -> tuple[MoqtClient, TrackPublisher]:
+        """A new publisher session that announced ``namespace`` and offers one track."""
+        publisher, _, _ = self.connect()
+        publisher.announce(namespace)
+        settle(self.clock)
+        return publisher, publisher.offer_track(namespace, name)
 
 
 class Recorder:

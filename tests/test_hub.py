@@ -118,10 +118,7 @@ class SlowViewerTests(SynchronousTestCase):
     def test_slow_viewer_skips_ahead_and_others_are_not_stalled(self) -> None:
         world = MemoryRelay(RelayConfig(max_queued_bytes=4096, max_skipped_groups=100))
         clock = world.clock
-        publisher, _, _ = world.connect()
-        publisher.announce(NS)
-        settle(clock)
-        track = publisher.offer_track(NS, b"video")
+        _, track = world.publish(NS, b"video")
         fast_viewer, _, _ = world.connect()
         slow_viewer, slow_side, _ = world.connect()
         fast, slow = Recorder(), Recorder()
@@ -146,10 +143,7 @@ class SlowViewerTests(SynchronousTestCase):
     def test_viewer_that_never_reads_is_ended_too_far_behind(self) -> None:
         world = MemoryRelay(RelayConfig(max_queued_bytes=4096, max_skipped_groups=3))
         clock = world.clock
-        publisher, _, _ = world.connect()
-        publisher.announce(NS)
-        settle(clock)
-        track = publisher.offer_track(NS, b"video")
+        _, track = world.publish(NS, b"video")
         viewer, viewer_side, relay_side = world.connect()
         d = viewer.subscribe(NS, b"video", Recorder())
         settle(clock)
@@ -362,10 +356,7 @@ class FetchTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.world = MemoryRelay()
         self.clock = self.world.clock
-        self.publisher, _, _ = self.world.connect()
-        self.publisher.announce(NS)
-        settle(self.clock)
-        self.track = self.publisher.offer_track(NS, b"video")
+        self.publisher, self.track = self.world.publish(NS, b"video")
         self.viewer, _, _ = self.world.connect()
         rec = Recorder()
         d = self.viewer.subscribe(NS, b"video", rec)
@@ -440,10 +431,7 @@ class SubscribeUpdateTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.world = MemoryRelay()
         self.clock = self.world.clock
-        publisher, _, _ = self.world.connect()
-        publisher.announce(NS)
-        settle(self.clock)
-        self.track = publisher.offer_track(NS, b"video")
+        _, self.track = self.world.publish(NS, b"video")
         self.viewer, self.viewer_side, _ = self.world.connect()
         self.rec = Recorder()
         d = self.viewer.subscribe(NS, b"video", self.rec)
@@ -482,10 +470,7 @@ class PublishDoneOrderingTests(SynchronousTestCase):
     def test_publish_done_waits_for_the_streams_it_counts(self) -> None:
         world = MemoryRelay()
         clock = world.clock
-        publisher, _, _ = world.connect()
-        publisher.announce(NS)
-        settle(clock)
-        track = publisher.offer_track(NS, b"video")
+        publisher, track = world.publish(NS, b"video")
         viewer, _, _ = world.connect()
         rec = Recorder()
         d = viewer.subscribe(NS, b"video", rec)
@@ -508,10 +493,7 @@ class PublishDoneOrderingTests(SynchronousTestCase):
     def test_publish_done_gives_up_after_the_drain_timeout(self) -> None:
         world = MemoryRelay(RelayConfig(drain_timeout=3.0))
         clock = world.clock
-        publisher, _, _ = world.connect()
-        publisher.announce(NS)
-        settle(clock)
-        track = publisher.offer_track(NS, b"video")
+        publisher, track = world.publish(NS, b"video")
         viewer, _, _ = world.connect()
         d = viewer.subscribe(NS, b"video", Recorder())
         settle(clock)
@@ -527,10 +509,7 @@ class PublishDoneOrderingTests(SynchronousTestCase):
     def test_last_viewer_leaving_while_publish_done_drains_leaves_no_timer(self) -> None:
         world = MemoryRelay()
         clock = world.clock
-        publisher, _, _ = world.connect()
-        publisher.announce(NS)
-        settle(clock)
-        track = publisher.offer_track(NS, b"video")
+        publisher, track = world.publish(NS, b"video")
         viewer, _, _ = world.connect()
         d = viewer.subscribe(NS, b"video", Recorder())
         settle(clock)
@@ -547,10 +526,7 @@ class DatagramTests(SynchronousTestCase):
     def test_datagrams_go_as_datagrams_or_on_streams(self) -> None:
         world = MemoryRelay()
         clock = world.clock
-        publisher, _, _ = world.connect()
-        publisher.announce(NS)
-        settle(clock)
-        track = publisher.offer_track(NS, b"audio")
+        _, track = world.publish(NS, b"audio")
         quic_like, quic_side, _ = world.connect()
         ws_like, ws_side, ws_relay_side = world.connect()
         # The relay's side of this viewer has no datagrams, like a WebSocket session.
@@ -695,10 +671,7 @@ class EvictionTests(SynchronousTestCase):
     def test_a_publisher_that_never_finishes_its_streams_cannot_grow_the_relay(self) -> None:
         world = MemoryRelay(RelayConfig(cache_groups=2))
         clock = world.clock
-        publisher, _, _ = world.connect()
-        publisher.announce(NS)
-        settle(clock)
-        track = publisher.offer_track(NS, b"video")
+        _, track = world.publish(NS, b"video")
         viewer, _, _ = world.connect()
         rec = Recorder()
         viewer.subscribe(NS, b"video", rec)

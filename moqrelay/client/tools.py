@@ -60,6 +60,16 @@ def with_token(url: str, token: str | None) -> str:
     return urlunsplit(parts._replace(query=query))
 
 
+def _connect(reactor: Any, args: argparse.Namespace) -> Deferred[MoqtClient]:
+    """The session the common options (_common) describe."""
+    return connect(
+        reactor,
+        with_token(args.url, args.token),
+        verify=not args.insecure,
+        fingerprint=args.fingerprint,
+    )
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "url", help="moqt://host:port/path, https://host:port/path, wss://... or ws://..."
@@ -165,12 +175,7 @@ def pub_main(argv: Sequence[str] | None = None) -> None:
     args = pub_parser().parse_args(argv)
 
     async def main(reactor: Any) -> None:
-        client = await connect(
-            reactor,
-            with_token(args.url, args.token),
-            verify=not args.insecure,
-            fingerprint=args.fingerprint,
-        )
+        client = await _connect(reactor, args)
         await client.announce(args.namespace)
         track = client.offer_track(args.namespace, args.track.encode())
         print(
@@ -253,12 +258,7 @@ def sub_main(argv: Sequence[str] | None = None) -> None:
             )
 
     async def main(reactor: Any) -> None:
-        client = await connect(
-            reactor,
-            with_token(args.url, args.token),
-            verify=not args.insecure,
-            fingerprint=args.fingerprint,
-        )
+        client = await _connect(reactor, args)
         filter_type = (
             c.FILTER_LARGEST_OBJECT if args.filter == "largest" else c.FILTER_NEXT_GROUP_START
         )

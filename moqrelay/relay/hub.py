@@ -186,7 +186,7 @@ class Relay:
                 )
             )
             return
-        self.attach(viewer, track, Subscription.from_subscribe(viewer, track, msg))
+        self.attach(viewer, track, Subscription.from_message(viewer, track, msg))
 
     def track_for(self, namespace: Namespace, name: bytes, viewer: RelayPeer) -> Track | None:
         """The live or pending track, or a new one subscribed upstream; None if nobody has it.
@@ -878,7 +878,7 @@ class RelayPeer:
                 c.PublishDone(msg.request_id, PublishDoneCode.TRACK_ENDED, 0, "track ended")
             )
             return
-        self.relay.attach(self, track, Subscription.from_publish_ok(self, track, msg))
+        self.relay.attach(self, track, Subscription.from_message(self, track, msg))
 
     def _on_publish_error(self, msg: c.PublishError) -> None:
         self.offered.pop(msg.request_id, None)

@@ -70,7 +70,11 @@ class Subscription:
         self._drain_timer: IDelayedCall | None = None
 
     @classmethod
-    def from_subscribe(cls, peer: RelayPeer, track: Track, msg: c.Subscribe) -> Subscription:
+    def from_message(
+        cls, peer: RelayPeer, track: Track, msg: c.Subscribe | c.PublishOk
+    ) -> Subscription:
+        """A viewer's SUBSCRIBE, or its PUBLISH_OK to the relay's PUBLISH (already
+        answered, so no SUBSCRIBE_OK): both carry the same subscription fields."""
         return cls(
             peer,
             track,
@@ -81,21 +85,7 @@ class Subscription:
             filter_type=msg.filter_type,
             start=msg.start,
             end_group=msg.end_group,
-        )
-
-    @classmethod
-    def from_publish_ok(cls, peer: RelayPeer, track: Track, msg: c.PublishOk) -> Subscription:
-        return cls(
-            peer,
-            track,
-            msg.request_id,
-            priority=msg.subscriber_priority,
-            group_order=msg.group_order,
-            forward=bool(msg.forward),
-            filter_type=msg.filter_type,
-            start=msg.start,
-            end_group=msg.end_group,
-            answer=False,
+            answer=isinstance(msg, c.Subscribe),
         )
 
     @property

@@ -511,6 +511,3 @@ class MoqtSession:
     def _forget(self, incoming: IncomingData) -> None:
         self._incoming.pop(incoming.stream.stream_id, None)
         incoming.stream.set_receiver(None)
-
-    def incoming_count(self) -> int:
-        return len(self._incoming)

@@ -24,8 +24,6 @@ if TYPE_CHECKING:
     from moqrelay.relay.hub import RelayConfig, RelayPeer
     from moqrelay.session import MoqtSession
 
-UNKNOWN_STREAM_COUNT = (1 << 62) - 1
-
 
 class Subscription:
     """A viewer's subscription to one relay track."""

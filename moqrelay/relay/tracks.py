@@ -133,9 +133,6 @@ class Track:
     def name(self) -> bytes:
         return self.key[1]
 
-    def newest_group(self) -> int | None:
-        return None if self.largest is None else self.largest.group
-
     def open_subgroup(
         self, group_id: int, subgroup_id: int, priority: int, has_extensions: bool
     ) -> Subgroup:

@@ -604,6 +604,33 @@ class DraftMessageTests(RelayFixture):
         await wait_until(lambda: (NS, b"video") not in self.service.relay.tracks)
 
 
+class ListenEndpointTests(RelayFixture):
+    async def test_plain_websocket_on_a_listen_endpoint(self) -> None:
+        """--listen serves the same relay on a plain endpoint (behind a TLS proxy)."""
+        self.service = RelayService(
+            reactor,
+            bind=("127.0.0.1", 0),
+            chains=[CHAIN],
+            config=self.config,
+            limits=self.limits,
+            listen=["tcp:0:interface=127.0.0.1"],
+        )
+        self.service.startService()
+        self.clients = []
+        self.addCleanup(self.stop_all)
+        tls_port, plain_port = await self.service.tcp_ports()
+        self.assertNotEqual(tls_port, plain_port)
+        publisher = await connect(reactor, f"ws://127.0.0.1:{plain_port}/moq")
+        viewer = await connect(reactor, f"wss://127.0.0.1:{tls_port}/moq", verify=False)
+        self.clients += [publisher, viewer]
+        await publisher.announce(NS)
+        track = publisher.offer_track(NS, b"video")
+        rec = Recorder()
+        await viewer.subscribe(NS, b"video", rec)
+        track.send_object(0, 0, b"through a plain endpoint")
+        await wait_until(lambda: len(rec.objects) == 1)
+
+
 class ShutdownTests(RelayFixture):
     config = RelayConfig(drain_timeout=0.3)
 

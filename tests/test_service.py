@@ -10,6 +10,7 @@ import gc
 import os
 import random
 import signal
+import time
 import weakref
 from typing import Any
 
@@ -25,8 +26,10 @@ from zope.interface import implementer
 
 from bench import relay_bench
 from moqrelay import tap
+from moqrelay.auth import Authorizer
 from moqrelay.client.api import MoqtClient, ReceivedObject, RequestRejected, TrackPublisher
 from moqrelay.client.connect import connect
+from moqrelay.client.token import make_token
 from moqrelay.relay.hub import RelayConfig
 from moqrelay.service import RelayService
 from moqrelay.session import SessionLimits
@@ -60,14 +63,16 @@ class RelayFixture(TestCase):
     handshake_timeout = 10.0
     idle_timeout = 30.0
 
-    async def start_relay(self) -> None:
-        self.service = await self.new_relay()
+    async def start_relay(self, authorizer: Authorizer | None = None) -> None:
+        self.service = await self.new_relay(authorizer=authorizer)
         self.clients: list[MoqtClient] = []
         (self.tcp_port,) = await self.service.tcp_ports()
         self.udp_port = self.service.udp_port()
         self.addCleanup(self.stop_all)
 
-    async def new_relay(self, port: int = 0, announce: str | None = None) -> RelayService:
+    async def new_relay(
+        self, port: int = 0, announce: str | None = None, authorizer: Authorizer | None = None
+    ) -> RelayService:
         service = RelayService(
             reactor,
             bind=("127.0.0.1", port),
@@ -79,6 +84,7 @@ class RelayFixture(TestCase):
             announce_verify=False,
             handshake_timeout=self.handshake_timeout,
             idle_timeout=self.idle_timeout,
+            authorizer=authorizer,
         )
         if service.upstream is not None:
             service.upstream.initial_delay = service.upstream.delay = 0.05
@@ -629,6 +635,31 @@ class ListenEndpointTests(RelayFixture):
         await viewer.subscribe(NS, b"video", rec)
         track.send_object(0, 0, b"through a plain endpoint")
         await wait_until(lambda: len(rec.objects) == 1)
+
+
+class AuthorizedChainingTests(RelayFixture):
+    config = RelayConfig(drain_timeout=0.2)
+
+    async def test_an_edge_authenticates_with_a_token_in_its_announce_url(self) -> None:
+        secret = b"k" * 32
+        await self.start_relay(Authorizer(secret))
+        token = make_token(secret, now=time.time(), publish=("edge",), subscribe=("",))
+        for scheme in ("moqt", "wss"):
+            edge = await self.new_relay(announce=f"{self.url(scheme)}?jwt={token}")
+            self.addCleanup(edge.stopService)
+            await wait_until(lambda e=edge: e.relay.upstream_peer is not None)
+            announcer = await self.client("wss", edge)
+            namespace = (b"edge", scheme.encode())
+            await announcer.announce(namespace)
+            await wait_until(lambda ns=namespace: ns in self.service.relay.namespaces)
+        # Without the token, the origin refuses what an edge announces.
+        bare = await self.new_relay(announce=self.url("wss"))
+        self.addCleanup(bare.stopService)
+        await wait_until(lambda: bare.relay.upstream_peer is not None)
+        announcer = await self.client("wss", bare)
+        await announcer.announce((b"edge", b"bare"))
+        await deferLater(reactor, 0.2, lambda: None)
+        self.assertNotIn((b"edge", b"bare"), self.service.relay.namespaces)
 
 
 class ShutdownTests(RelayFixture):

@@ -224,9 +224,8 @@ class SessionTests(SynchronousTestCase):
 
 
 class ClientRequestWindowTests(SynchronousTestCase):
-    def test_requests_wait_for_max_request_id_and_say_blocked(self) -> None:
-        clock = Clock()
-        sent: list[c.ControlMessage] = []
+    def client_against_raw(self, clock: Clock) -> tuple[MemorySession, RawPeer]:
+        """A client MoqtSession whose server is a RawPeer the test drives."""
         peers: list[RawPeer] = []
 
         def server(t: ITransportSession) -> RawPeer:
@@ -237,7 +236,11 @@ class ClientRequestWindowTests(SynchronousTestCase):
             clock, lambda t: MoqtSession(t, clock, _NullApp), server
         )
         settle(clock)
-        raw = peers[0]
+        return client_side, peers[0]
+
+    def test_requests_wait_for_max_request_id_and_say_blocked(self) -> None:
+        clock = Clock()
+        client_side, raw = self.client_against_raw(clock)
         raw.send(c.ServerSetup(c.DRAFT_14, [(c.SETUP_MAX_REQUEST_ID, 2)]))
         settle(clock)
         session = client_side.handler
@@ -254,18 +257,9 @@ class ClientRequestWindowTests(SynchronousTestCase):
 
     def test_max_request_id_must_grow(self) -> None:
         clock = Clock()
-        peers: list[RawPeer] = []
-
-        def server(t: ITransportSession) -> RawPeer:
-            peers.append(_ServerRaw(t))
-            return peers[0]
-
-        client_side, _ = memory_session_pair(
-            clock, lambda t: MoqtSession(t, clock, _NullApp), server
-        )
-        settle(clock)
-        peers[0].send(c.ServerSetup(c.DRAFT_14, [(c.SETUP_MAX_REQUEST_ID, 10)]))
-        peers[0].send(c.MaxRequestId(10))
+        client_side, raw = self.client_against_raw(clock)
+        raw.send(c.ServerSetup(c.DRAFT_14, [(c.SETUP_MAX_REQUEST_ID, 10)]))
+        raw.send(c.MaxRequestId(10))
         settle(clock)
         self.assertEqual(client_side.close_code, SessionErrorCode.PROTOCOL_VIOLATION)
 

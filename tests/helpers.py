@@ -9,7 +9,14 @@ from contextlib import contextmanager
 from twisted.internet.task import Clock
 
 from moqrelay.auth import Authorizer
-from moqrelay.client.api import MoqtClient, ReceivedObject, SessionLost, TrackPublisher
+from moqrelay.client.api import (
+    ClientSubscription,
+    MoqtClient,
+    ObjectCallback,
+    ReceivedObject,
+    SessionLost,
+    TrackPublisher,
+)
 from moqrelay.relay.hub import Relay, RelayConfig
 from moqrelay.session import MoqtSession, SessionLimits
 from moqrelay.testing import MemorySession, memory_session_pair
@@ -72,6 +79,18 @@ class MemoryRelay:
         publisher.announce(namespace)
         settle(self.clock)
         return publisher, publisher.offer_track(namespace, name)
+
+    def watch(
+        self, namespace: Namespace, name: bytes, on_object: ObjectCallback
+    ) -> tuple[MoqtClient, ClientSubscription]:
+        """A new viewer session subscribed (SUBSCRIBE_OK received) to one track."""
+        viewer, _, _ = self.connect()
+        d = viewer.subscribe(namespace, name, on_object)
+        settle(self.clock)
+        subscription: list[ClientSubscription] = []
+        d.addCallback(subscription.append)
+        assert subscription, "the subscription was not accepted"
+        return viewer, subscription[0]
 
 
 class Recorder:

@@ -357,11 +357,7 @@ class FetchTests(SynchronousTestCase):
         self.world = MemoryRelay()
         self.clock = self.world.clock
         self.publisher, self.track = self.world.publish(NS, b"video")
-        self.viewer, _, _ = self.world.connect()
-        rec = Recorder()
-        d = self.viewer.subscribe(NS, b"video", rec)
-        settle(self.clock)
-        self.sub = self.successResultOf(d)
+        self.viewer, self.sub = self.world.watch(NS, b"video", Recorder())
         for group in range(3):
             for obj in range(4):
                 self.track.send_object(group, obj, b"%d.%d" % (group, obj))
@@ -395,10 +391,7 @@ class FetchTests(SynchronousTestCase):
         self.assertEqual(self.failureResultOf(d, RequestRejected).value.code, 0x4)
 
     def test_relative_joining_fetch(self) -> None:
-        late, _, _ = self.world.connect()
-        d = late.subscribe(NS, b"video", Recorder())
-        settle(self.clock)
-        sub = self.successResultOf(d)
+        late, sub = self.world.watch(NS, b"video", Recorder())
         self.assertEqual(sub.largest, c.Location(2, 3))
         d2 = late.joining_fetch(sub, 1)
         settle(self.clock)
@@ -471,11 +464,8 @@ class PublishDoneOrderingTests(SynchronousTestCase):
         world = MemoryRelay()
         clock = world.clock
         publisher, track = world.publish(NS, b"video")
-        viewer, _, _ = world.connect()
         rec = Recorder()
-        d = viewer.subscribe(NS, b"video", rec)
-        settle(clock)
-        sub = self.successResultOf(d)
+        _, sub = world.watch(NS, b"video", rec)
         (down,) = track.subscribers.values()
         # PUBLISH_DONE overtakes the objects (as it may over QUIC): it claims 2 streams.
         publisher.session.send(c.PublishDone(down.request_id, PublishDoneCode.TRACK_ENDED, 2, ""))
@@ -494,10 +484,7 @@ class PublishDoneOrderingTests(SynchronousTestCase):
         world = MemoryRelay(RelayConfig(drain_timeout=3.0))
         clock = world.clock
         publisher, track = world.publish(NS, b"video")
-        viewer, _, _ = world.connect()
-        d = viewer.subscribe(NS, b"video", Recorder())
-        settle(clock)
-        sub = self.successResultOf(d)
+        _, sub = world.watch(NS, b"video", Recorder())
         (down,) = track.subscribers.values()
         publisher.session.send(c.PublishDone(down.request_id, PublishDoneCode.TRACK_ENDED, 5, ""))
         settle(clock)

@@ -488,6 +488,22 @@ async def close_clients(reactor: Any, clients: list[MoqtClient]) -> None:
     await wait_until(reactor, lambda: all(c.closed.called for c in clients), timeout=10.0)
 
 
+async def watchers(
+    reactor: Any,
+    url: str,
+    count: int,
+    clients: list[MoqtClient],
+    name: bytes = b"video",
+    namespace: tuple[bytes, ...] = NS,
+) -> list[Viewer]:
+    """``count`` new sessions subscribed to one track; the sessions join ``clients``."""
+    sessions = await open_clients(reactor, url, count)
+    clients += sessions
+    counters = [Viewer() for _ in sessions]
+    await subscribe_all(sessions, counters, name, namespace)
+    return counters
+
+
 async def publisher(
     reactor: Any, url: str, *names: bytes, namespace: tuple[bytes, ...] = NS
 ) -> tuple[MoqtClient, list[TrackPublisher]]:
@@ -561,10 +577,7 @@ async def fanout_run(
     try:
         pub, (track,) = await publisher(reactor, url, b"video")
         clients.append(pub)
-        viewer_clients = await open_clients(reactor, url, viewers)
-        clients += viewer_clients
-        counters = [Viewer() for _ in viewer_clients]
-        await subscribe_all(viewer_clients, counters)
+        counters = await watchers(reactor, url, viewers, clients)
         pump = Pump(
             reactor,
             MoqtSink(pub, track),
@@ -648,10 +661,7 @@ async def latency_run(
     try:
         pub, (track,) = await publisher(reactor, url, b"video")
         clients.append(pub)
-        viewer_clients = await open_clients(reactor, url, viewers)
-        clients += viewer_clients
-        counters = [Viewer() for _ in viewer_clients]
-        await subscribe_all(viewer_clients, counters)
+        counters = await watchers(reactor, url, viewers, clients)
         pacer = Pacer(reactor, track, LATENCY_GROUPS_PER_SECOND, LATENCY_PER_GROUP, LATENCY_SIZE)
         pacer.start()
         await sleep(reactor, 1.0)
@@ -694,9 +704,7 @@ async def memory_run(reactor: Any, target: Target, transport: str, viewers: int)
         await sleep(reactor, 0.5)
         before = rss_bytes(target.pid)
         started = time.monotonic()
-        viewer_clients = await open_clients(reactor, url, viewers)
-        clients += viewer_clients
-        await subscribe_all(viewer_clients, [Viewer() for _ in viewer_clients])
+        await watchers(reactor, url, viewers, clients)
         connect_seconds = time.monotonic() - started
         await sleep(reactor, 0.5)
         after = rss_bytes(target.pid)
@@ -769,10 +777,7 @@ async def teardown_run(
         clients.append(held_pub)
         pulse_pub, (pulse,) = await publisher(reactor, url, b"pulse", namespace=PULSE_NS)
         clients.append(pulse_pub)
-        stay_clients = await open_clients(reactor, url, stayers)
-        clients += stay_clients
-        stay = [Viewer() for _ in stay_clients]
-        await subscribe_all(stay_clients, stay, b"pulse", PULSE_NS)
+        stay = await watchers(reactor, url, stayers, clients, b"pulse", PULSE_NS)
         leave_clients = await open_clients(reactor, url, leavers)
         clients += leave_clients
         await subscribe_all(leave_clients, [Viewer() for _ in leave_clients], b"held")

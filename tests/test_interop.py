@@ -17,29 +17,21 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall, IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import SkipTest
 
-from moqrelay.client.api import MoqtClient, ReceivedObject, TrackPublisher
-from moqrelay.client.connect import connect
-from moqrelay.relay.hub import RelayConfig
-from moqrelay.service import RelayService
-from moqrelay.session import SessionLimits
-from moqrelay.tls import generate_dev_chain
-from moqrelay.transport.quic import QuicEndpoint
+from moqrelay.client.api import ReceivedObject, TrackPublisher
 from moqrelay.wire.data import STATUS_END_OF_GROUP, STATUS_NORMAL
 from moqrelay.wire.errors import PublishDoneCode
 from tests.helpers import Recorder
+from tests.live import RelayFixture, wait_until
 
-CHAIN = generate_dev_chain()
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PYTHON = "MOQRELAY_INTEROP_PYTHON"
 DEFAULT_PYTHONS = (
@@ -201,28 +193,7 @@ def bench_counters(text: str) -> dict[str, int]:
     return {key: int(value.replace(",", "")) for key, value in _SUMMARY_FIELD.findall(text)}
 
 
-def _quic_is_quiet() -> bool:
-    """No QUIC port or QUIC/WebTransport timer left in the reactor."""
-    ports = [
-        r for r in reactor.getReaders() if isinstance(getattr(r, "protocol", None), QuicEndpoint)
-    ]
-    calls = [
-        c for c in reactor.getDelayedCalls() if "Quic" in repr(c) or "WebTransport" in repr(c)
-    ]
-    return not (ports or calls)
-
-
-async def wait_until(predicate: Any, timeout: float = 20.0, step: float = 0.02) -> None:
-    """Poll the real reactor until ``predicate()`` holds (bounded)."""
-    waited = 0.0
-    while not predicate():
-        if waited >= timeout:
-            raise AssertionError(f"timed out waiting for {predicate}")
-        await deferLater(reactor, step, lambda: None)
-        waited += step
-
-
-class InteropFixture(TestCase):
+class InteropFixture(RelayFixture):
     """A relay on 127.0.0.1 plus aiomoqt subprocesses, all gone after each test."""
 
     timeout = 60
@@ -234,39 +205,6 @@ class InteropFixture(TestCase):
         self.python = python
         self.workdir = Path(self.mktemp())
         self.workdir.mkdir(parents=True)
-
-    async def start_relay(self) -> None:
-        self.service = RelayService(
-            reactor,
-            bind=("127.0.0.1", 0),
-            chains=[CHAIN],
-            config=RelayConfig(),
-            limits=SessionLimits(),
-            dev=True,
-        )
-        self.service.startService()
-        self.clients: list[MoqtClient] = []
-        self.addCleanup(self.stop_relay)
-        (self.tcp_port,) = await self.service.tcp_ports()
-        self.udp_port = self.service.udp_port()
-
-    async def stop_relay(self) -> None:
-        for client in self.clients:
-            if not client.closed.called:
-                client.close()
-            await client.closed
-        await self.service.stopService()
-        await wait_until(lambda: not self.service.relay.peers)
-        await wait_until(_quic_is_quiet, timeout=10.0)
-
-    def url(self, scheme: str) -> str:
-        port = self.tcp_port if scheme in ("ws", "wss") else self.udp_port
-        return f"{scheme}://127.0.0.1:{port}/moq"
-
-    async def client(self, scheme: str) -> MoqtClient:
-        client = await connect(reactor, self.url(scheme), verify=False, fingerprint=None)
-        self.clients.append(client)
-        return client
 
     def spawn(
         self, module: str, args: list[str], *, timeout: float, ready_marker: bytes | None = None
@@ -288,7 +226,7 @@ class InteropFixture(TestCase):
             self.fail(f"{tool.name} hit its hard timeout and was killed\n{tool.output()}")
         return tool.stdout.decode(errors="replace")
 
-    def publisher(self, url: str, end_after: float) -> ToolProcess:
+    def aiomoqt_publisher(self, url: str, end_after: float) -> ToolProcess:
         """pub_bench announcing NAMESPACE, 200 objects/s once subscribed, ending the track."""
         args = [url, "-k", "--draft", "14", "--pub-ns", "-N", NAMESPACE, "-T", TRACK]
         args += ["-s", str(OBJECT_SIZE), "-g", str(GROUP_SIZE), "-r", "200"]
@@ -297,7 +235,7 @@ class InteropFixture(TestCase):
             "tools.pub_bench", args, timeout=end_after + 15, ready_marker=b"Published"
         )
 
-    def subscriber(self, url: str, duration: float) -> ToolProcess:
+    def aiomoqt_subscriber(self, url: str, duration: float) -> ToolProcess:
         args = [url, "-k", "--draft", "14", "-N", NAMESPACE, "-T", TRACK, "-t", str(duration)]
         return self.spawn("tools.sub_bench", args, timeout=2 * duration + 10)
 
@@ -338,9 +276,9 @@ class PubSubTests(InteropFixture):
     async def check(self, scheme: str) -> None:
         await self.start_relay()
         url = self.url(scheme)
-        pub = self.publisher(url, end_after=3)
+        pub = self.aiomoqt_publisher(url, end_after=3)
         await self.started(pub)
-        sub = self.subscriber(url, duration=8)
+        sub = self.aiomoqt_subscriber(url, duration=8)
         sub_out = await self.finished(sub)
         pub_out = await self.finished(pub)
         both = f"{pub.output()}\n{sub.output()}"
@@ -366,7 +304,7 @@ class MixedTests(InteropFixture):
 
     async def test_aiomoqt_publisher_to_our_websocket_viewer(self) -> None:
         await self.start_relay()
-        pub = self.publisher(self.url("https"), end_after=2)
+        pub = self.aiomoqt_publisher(self.url("https"), end_after=2)
         await self.started(pub)
         viewer = await self.client("wss")
         received = Recorder()
@@ -398,7 +336,7 @@ class MixedTests(InteropFixture):
         publisher = await self.client("wss")
         await publisher.announce(NS)
         track = publisher.offer_track(NS, TRACK.encode())
-        sub = self.subscriber(self.url("moqt"), duration=4)
+        sub = self.aiomoqt_subscriber(self.url("moqt"), duration=4)
         await wait_until(lambda: track.subscribed.called or sub.ended.called)
         if not track.subscribed.called:
             self.fail(f"sub_bench ended before the relay subscribed to us\n{sub.output()}")

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Generator
 from typing import Any, cast
 
+from autobahn.websocket import protocol as autobahn_protocol
 from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -825,6 +826,23 @@ class WebSocketEndToEndTests(EndToEndMixin, TestCase):
         self.assertIn("uncleanly", reason)
         self.assertEqual(len(client.closed), 1)
         self.assertEqual(len(self.server_handlers[0].closed), 1)
+
+    @inlineCallbacks
+    def test_options_copied_without_formatting_them(
+        self,
+    ) -> Generator[Deferred[Any], Any, None]:
+        """Both ends get the factory's Autobahn options, and none is pretty-printed."""
+        formatted: list[object] = []
+        self.patch(autobahn_protocol, "pformat", lambda value: formatted.append(value) or "")
+        session = yield connect_websocket(reactor, self.url, self.client_factory)
+        server = self.tracker.connections[0].wrappedProtocol
+        client_protocol = session._link._protocol
+        self.assertEqual(server.maxMessagePayloadSize, self.ws_factory.maxMessagePayloadSize)
+        self.assertEqual(server.autoPingInterval, 15.0)
+        self.assertFalse(server.utf8validateIncoming)
+        self.assertEqual(client_protocol.openHandshakeTimeout, 0)
+        self.assertEqual(client_protocol.maxMessagePayloadSize, 1 << 20)
+        self.assertEqual([value for value in formatted if isinstance(value, list) and value], [])
 
     def server_waiting_close(self) -> Deferred[tuple[int, str]]:
         return self.server_handlers[0].closed_d

@@ -24,7 +24,9 @@ WORKLOAD is one of:
 - ``all``: every workload above with its defaults, fanout with ``--baseline``.
 
 The relay runs in its own process (bench/relay_runner.py, a fresh one for every
-measurement, always stopped by its pid); publisher and viewers run in this process.
+measurement, always stopped by its pid); publisher and viewers run in this process, except
+teardown's leavers, which run in a third one (bench/leavers.py) so that their own teardown
+does not land in the process that times the staying viewers.
 Relay CPU seconds come from /proc/PID/stat (utime + stime), RSS from /proc/PID/status.
 Every figure is the median of --runs runs; every ratio is computed within one run,
 then its median taken. ``--append-results`` appends a dated section to bench/RESULTS.md.
@@ -128,14 +130,27 @@ class Child:
 
     live: set[Child] = set()
 
-    def __init__(self, argv: list[str], name: str, cwd: Path | None = None) -> None:
+    def __init__(
+        self, argv: list[str], name: str, cwd: Path | None = None, stdin: bool = False
+    ) -> None:
         self.name = name
         self.log: IO[bytes] = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log")
         env = dict(os.environ, PYTHONPATH=str(REPO))
         self.process = subprocess.Popen(
-            argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=cwd or REPO, env=env
+            argv,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd or REPO,
+            env=env,
         )
         Child.live.add(self)
+
+    def tell(self, line: str) -> None:
+        """Write one line to the child's standard input (started with ``stdin=True``)."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(line.encode() + b"\n")
+        self.process.stdin.flush()
 
     def output(self) -> str:
         return Path(self.log.name).read_text(errors="replace")
@@ -154,6 +169,8 @@ class Child:
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout``; always reaps the process."""
+        if self.process.stdin is not None:
+            self.process.stdin.close()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -770,6 +787,7 @@ async def teardown_run(
     stats = StatsClient(reactor, target.stats_port)
     clients: list[MoqtClient] = []
     pacer: Pacer | None = None
+    leaving: Child | None = None
     try:
         # One session per track: TrackPublisher numbers aliases per track, so two tracks
         # on one session would both use alias 0.
@@ -778,9 +796,9 @@ async def teardown_run(
         pulse_pub, (pulse,) = await publisher(reactor, url, b"pulse", namespace=PULSE_NS)
         clients.append(pulse_pub)
         stay = await watchers(reactor, url, stayers, clients, b"pulse", PULSE_NS)
-        leave_clients = await open_clients(reactor, url, leavers)
-        clients += leave_clients
-        await subscribe_all(leave_clients, [Viewer() for _ in leave_clients], b"held")
+        argv = [sys.executable, str(BENCH_DIR / "leavers.py"), url, str(leavers), "held"]
+        leaving = Child(argv, "leavers", stdin=True)
+        await deferToThread(leaving.wait_for, _json_line, 120.0)
         for subgroup in range(subgroups):
             held.send_object(0, 0, b"held", subgroup_id=subgroup)
         deadline = time.monotonic() + 30.0
@@ -798,8 +816,7 @@ async def teardown_run(
         for v in stay:
             v.latencies = []
         started = time.monotonic()
-        for client in leave_clients:
-            vanish(client)
+        leaving.tell("vanish")
         while True:
             now = await stats.get()
             if (
@@ -824,6 +841,8 @@ async def teardown_run(
     finally:
         if pacer is not None:
             pacer.stop()
+        if leaving is not None:
+            leaving.stop()
         await close_clients(reactor, clients)
 
 

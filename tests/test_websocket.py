@@ -833,9 +833,14 @@ class WebSocketEndToEndTests(EndToEndMixin, TestCase):
     ) -> Generator[Deferred[Any], Any, None]:
         """Both ends get the factory's Autobahn options, and none is pretty-printed."""
         formatted: list[object] = []
-        self.patch(autobahn_protocol, "pformat", lambda value: formatted.append(value) or "")
+
+        def pformat(value: object) -> str:
+            formatted.append(value)
+            return ""
+
+        self.patch(autobahn_protocol, "pformat", pformat)
         session = yield connect_websocket(reactor, self.url, self.client_factory)
-        server = self.tracker.connections[0].wrappedProtocol
+        server: Any = self.tracker.connections[0].wrappedProtocol
         client_protocol = session._link._protocol
         self.assertEqual(server.maxMessagePayloadSize, self.ws_factory.maxMessagePayloadSize)
         self.assertEqual(server.autoPingInterval, 15.0)

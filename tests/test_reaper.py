@@ -26,6 +26,40 @@ class ReaperTests(SynchronousTestCase):
         self.assertEqual(ran, list(range(25)))
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_a_batch_ends_when_its_time_budget_is_spent(self) -> None:
+        clock = Clock()
+        now = [0.0]
+        reaper = Reaper(clock, batch=100, budget=0.005, timer=lambda: now[0])
+        ran: list[int] = []
+
+        def slow(i: int) -> None:
+            ran.append(i)
+            now[0] += 0.002
+
+        reaper.extend([lambda i=i: slow(i) for i in range(7)])  # type: ignore[misc]
+        one_turn(clock)
+        self.assertEqual(ran, [0, 1, 2])
+        one_turn(clock)
+        self.assertEqual(ran, [0, 1, 2, 3, 4, 5])
+        one_turn(clock)
+        self.assertEqual(ran, list(range(7)))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_stop_ignores_the_time_budget(self) -> None:
+        clock = Clock()
+        now = [0.0]
+        reaper = Reaper(clock, budget=0.001, timer=lambda: now[0])
+        ran: list[int] = []
+
+        def slow(i: int) -> None:
+            ran.append(i)
+            now[0] += 1.0
+
+        reaper.extend([lambda i=i: slow(i) for i in range(5)])  # type: ignore[misc]
+        reaper.stop()
+        self.assertEqual(ran, list(range(5)))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
     def test_children_added_while_draining_run_later_at_constant_depth(self) -> None:
         clock = Clock()
         reaper = Reaper(clock, batch=100)

@@ -555,11 +555,16 @@ class RelayPeer:
         if self._expiry is not None and self._expiry.active():
             self._expiry.cancel()
         self._expiry = None
-        _log.info(
-            "session from {peer} ended: {reason} (code {code:#x})",
-            peer=self.name,
-            reason=reason,
-            code=code,
+        # Logged from the reaper: the lines of a mass disconnect are then written between
+        # polls, within the reaper's time budget, not in the poll that brought the losses.
+        self.relay.reaper.add(
+            partial(
+                _log.info,
+                "session from {peer} ended: {reason} (code {code:#x})",
+                peer=self.name,
+                reason=reason,
+                code=code,
+            )
         )
         self.writer.close()
         self.relay.peer_gone(self)

@@ -6,10 +6,15 @@ queued closers in bounded batches, one batch per reactor turn, so the stack
 depth of a teardown is constant whatever the size of the tree: a session with
 100,000 subgroup streams is torn down by 100 reactor turns, not by 100,000
 nested calls.
+
+A batch also ends once it has used its time budget (5 ms by default), so that a
+mass disconnect is reaped between the reactor's polls rather than in one long
+turn that the viewers who stay would see as latency.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -23,11 +28,23 @@ Closer = Callable[[], None]
 
 
 class Reaper:
-    """A worklist of closers drained ``batch`` at a time through the reactor."""
+    """A worklist of closers drained through the reactor, one batch per turn.
 
-    def __init__(self, reactor: IReactorTime, batch: int = 1000) -> None:
+    A batch is at most ``batch`` closers, and ends early once ``budget`` seconds of
+    ``timer`` have passed (the closer that crosses the budget still finishes).
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        batch: int = 1000,
+        budget: float = 0.002,
+        timer: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self._reactor = reactor
         self._batch = batch
+        self._budget = budget
+        self._timer = timer
         self._work: deque[Closer] = deque()
         self._call: IDelayedCall | None = None
         self._idle_waiters: list[Deferred[None]] = []
@@ -67,6 +84,8 @@ class Reaper:
 
     def _drain_batch(self) -> None:
         work = self._work
+        timer = self._timer
+        deadline = timer() + self._budget
         for _ in range(min(self._batch, len(work))):
             closer = work.popleft()
             try:
@@ -74,6 +93,8 @@ class Reaper:
             except Exception:
                 _log.failure("teardown step {closer!r} failed", closer=closer)
             self.reaped += 1
+            if timer() >= deadline:
+                return
 
     def _fire_idle(self) -> None:
         waiters, self._idle_waiters = self._idle_waiters, []

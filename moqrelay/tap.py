@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import select
+import sys
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -284,10 +286,18 @@ class Options(usage.Options):
 
 
 def makeService(options: Options, reactor: IReactorCore | None = None) -> IService:
-    """Build the relay's service tree from parsed options."""
+    """Build the relay's service tree from parsed options.
+
+    Without a ``reactor``, the global one; if twistd has not installed one yet (no
+    ``--reactor``), `moqrelay.reactor.PacedEPollReactor` where epoll exists.
+    """
     from moqrelay.service import RelayService
 
     if reactor is None:
+        if "twisted.internet.reactor" not in sys.modules and hasattr(select, "epoll"):
+            from moqrelay.reactor import install
+
+            install()
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
@@ -12,6 +14,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from moqrelay import tap
 from moqrelay.tls import generate_dev_chain
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 class PluginTests(SynchronousTestCase):
     def test_twistd_finds_the_plugin(self) -> None:
@@ -20,6 +24,30 @@ class PluginTests(SynchronousTestCase):
         makers = {p.tapname: p for p in getPlugins(IServiceMaker, twisted.plugins)}
         self.assertIn("moqrelay", makers)
         self.assertEqual(makers["moqrelay"].options, tap.Options)
+
+    def test_makeservice_installs_the_paced_reactor_unless_one_was_chosen(self) -> None:
+        """In a fresh interpreter, as under twistd: no reactor yet, or one chosen by --reactor."""
+        script = (
+            "import sys\n"
+            "from moqrelay import tap\n"
+            "if sys.argv[1] == 'poll':\n"
+            "    from twisted.internet import pollreactor; pollreactor.install()\n"
+            "options = tap.Options(); options.parseOptions(['--dev', '--bind', '127.0.0.1:0'])\n"
+            "tap.makeService(options)\n"
+            "from twisted.internet import reactor; print(type(reactor).__name__)\n"
+        )
+        found = {}
+        for chosen in ("none", "poll"):
+            done = subprocess.run(
+                [sys.executable, "-c", script, chosen],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=dict(os.environ, PYTHONPATH=REPO),
+                check=True,
+            )
+            found[chosen] = done.stdout.strip()
+        self.assertEqual(found, {"none": "PacedEPollReactor", "poll": "PollReactor"})
 
 
 class ParseBindTests(SynchronousTestCase):

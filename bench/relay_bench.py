@@ -3,7 +3,8 @@
 Run from the repository root:
 
     PYTHONPATH=. python bench/relay_bench.py WORKLOAD [--transport ws|quic|webtransport]
-        [--viewers N] [--seconds S] [--runs R] [--baseline] [--profile] [--append-results]
+        [--viewers N] [--seconds S] [--runs R] [--baseline] [--profile] [--no-sinks]
+        [--append-results]
 
 WORKLOAD is one of:
 
@@ -27,6 +28,17 @@ The relay runs in its own process (bench/relay_runner.py, a fresh one for every
 measurement, always stopped by its pid); publisher and viewers run in this process, except
 teardown's leavers, which run in a third one (bench/leavers.py) so that their own teardown
 does not land in the process that times the staying viewers.
+
+Sinks (fanout and latency over ws, and the fanout baseline; ``--no-sinks`` turns them off):
+of the N viewers, only one in five, at least 1 and at most 5, are "probes" in this process,
+full MoQT (or Autobahn) viewers that give latency and loss and keep the publisher at most one
+group ahead of them; the others are sinks, in a third process (bench/sinks.py) that parses
+only WebSocket frame headers and counts the object messages; the probes subscribe spread
+evenly among the sinks. With ``--no-sinks`` every viewer decodes everything in this
+process, which then limits the fan-out and the latency more than the relay does (the
+first relay results in bench/RESULTS.md were measured that way). Objects/s and Mbit/s add
+the probes' counts to the sinks' over the same window; "sink CPU %" is the sink process's.
+
 Relay CPU seconds come from /proc/PID/stat (utime + stime), RSS from /proc/PID/status.
 Every figure is the median of --runs runs; every ratio is computed within one run,
 then its median taken. ``--append-results`` appends a dated section to bench/RESULTS.md.
@@ -196,7 +208,10 @@ def _json_line(text: str) -> dict[str, int] | None:
 
 
 def start_relay(
-    profile: str | None = None, max_streams: int = 10_000, idle_timeout: float = 30.0
+    profile: str | None = None,
+    max_streams: int = 10_000,
+    idle_timeout: float = 30.0,
+    stock_reactor: bool = False,
 ) -> tuple[Child, Target]:
     argv = [
         sys.executable,
@@ -208,6 +223,8 @@ def start_relay(
     ]
     if profile:
         argv += ["--profile", profile]
+    if stock_reactor:
+        argv.append("--stock-reactor")
     child = Child(argv, "relay")
     try:
         ports = child.wait_for(_json_line)
@@ -257,6 +274,123 @@ async def wait_until(
             return False
         await sleep(reactor, step)
     return True
+
+
+PROBES = 5
+"""With sinks: at most this many viewers stay in the load process as probes (one in five)."""
+
+
+def split_viewers(viewers: int, sinks: bool) -> tuple[int, int]:
+    """(probes in the load process, sinks in the sink process) for ``viewers`` viewers."""
+    probes = min(PROBES, max(1, viewers // 5)) if sinks else viewers
+    return probes, viewers - probes
+
+
+class SinkProcess:
+    """bench/sinks.py: ``count`` cheap WebSocket viewers in a process of their own."""
+
+    def __init__(self, child: Child, count: int) -> None:
+        self.child = child
+        self.count = count
+        self.pid = child.process.pid
+        self.readies = 1
+        self.asked = 0
+
+    @classmethod
+    async def start(cls, mode: str, port: int, count: int, object_size: int) -> SinkProcess:
+        """Start ``count`` sinks (``mode`` "relay" or "baseline"); fires once all are set up."""
+        argv = [sys.executable, str(BENCH_DIR / "sinks.py"), mode, str(port), str(count)]
+        child = Child([*argv, str(object_size)], "sinks", stdin=True)
+        try:
+            await deferToThread(child.wait_for, _json_line, 90.0)
+        except BaseException:
+            child.stop()
+            raise
+        return cls(child, count)
+
+    async def _line(self, reactor: Any, prefix: str, number: int, timeout: float) -> Figures:
+        """The ``number``-th (from 1) line of output that starts with ``prefix``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [line for line in self.child.output().splitlines() if line.startswith(prefix)]
+            if len(lines) >= number:
+                found: Figures = json.loads(lines[number - 1])
+                return found
+            if self.child.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the sinks did not answer:\n{self.child.output()[-3000:]}")
+            await sleep(reactor, 0.001)
+
+    async def open(self, reactor: Any, count: int) -> None:
+        """Open ``count`` more sinks; fires once they are set up."""
+        if count <= 0:
+            return
+        self.child.tell(f"open {count}")
+        self.count += count
+        self.readies += 1
+        await self._line(reactor, '{"ready"', self.readies, 90.0)
+
+    async def interleave(
+        self, reactor: Any, probes: int, sinks: int, add_probe: Callable[[], Awaitable[object]]
+    ) -> None:
+        """Add ``probes`` probes (``add_probe`` adds one) and ``sinks`` more sinks, the probes
+        spread evenly among the sinks. The relay (and the baseline) serve their viewers in
+        subscription order: probes that all came first would time the best-served viewers."""
+        opened = 0
+        for i in range(probes):
+            before = (2 * i + 1) * sinks // (2 * probes)
+            await self.open(reactor, before - opened)
+            opened = before
+            await add_probe()
+        await self.open(reactor, sinks - opened)
+
+    def ask(self) -> None:
+        """Ask for the counts; `answer` waits for them."""
+        self.child.tell("count")
+        self.asked += 1
+
+    async def answer(self, reactor: Any) -> Figures:
+        """The answer to the last `ask`: objects, bytes, closed viewers, its monotonic time."""
+        return await self._line(reactor, '{"objects"', self.asked, 10.0)
+
+    async def counts(self, reactor: Any) -> Figures:
+        self.ask()
+        return await self.answer(reactor)
+
+    async def stop(self, reactor: Any) -> None:
+        """``quit``, a few seconds to close every connection, then `Child.stop`."""
+        if self.child.process.poll() is None:
+            try:
+                self.child.tell("quit")
+            except OSError:
+                pass
+            else:
+                await wait_until(
+                    reactor, lambda: self.child.process.poll() is not None, timeout=5.0
+                )
+        self.child.stop()
+
+
+async def probes_and_sinks(
+    reactor: Any,
+    mode: str,
+    port: int,
+    probes: int,
+    sunk: int,
+    object_size: int,
+    add_probes: Callable[[int], Awaitable[object]],
+) -> SinkProcess | None:
+    """Add ``probes`` probes (``add_probes(n)`` adds n) and, in a sink process, ``sunk``
+    sinks, the probes spread evenly among the sinks (see `SinkProcess.interleave`)."""
+    if not sunk:
+        await add_probes(probes)
+        return None
+    sink = await SinkProcess.start(mode, port, 0, object_size)
+    try:
+        await sink.interleave(reactor, probes, sunk, lambda: add_probes(1))
+    except BaseException:
+        await sink.stop(reactor)
+        raise
+    return sink
 
 
 class Viewer:
@@ -530,46 +664,79 @@ async def publisher(
 
 
 class Window:
-    """CPU, delivery and time measured between ``open()`` and ``close()``."""
+    """CPU, delivery and time measured between ``open()`` and ``close()``.
 
-    def __init__(self, pid: int, viewers: list[Viewer]) -> None:
+    With ``sinks``, their objects count too: their objects/s over the interval between
+    their own two counts, added to the probes' (``viewers``) over this process's interval.
+    """
+
+    def __init__(self, pid: int, viewers: list[Viewer], sinks: SinkProcess | None = None) -> None:
         self.pid = pid
         self.viewers = viewers
+        self.sinks = sinks
 
-    def _snapshot(self) -> tuple[float, float, float, int, int]:
+    def _snapshot(self) -> tuple[float, float, float, int, int, float]:
         return (
             time.monotonic(),
             cpu_seconds(self.pid),
             time.process_time(),
             sum(v.objects for v in self.viewers),
             sum(v.bytes for v in self.viewers),
+            0.0 if self.sinks is None else cpu_seconds(self.sinks.pid),
         )
 
-    def open(self) -> None:
-        self.start = self._snapshot()
+    async def _take(
+        self, reactor: Any
+    ) -> tuple[tuple[float, float, float, int, int, float], Figures]:
+        if self.sinks is None:
+            return self._snapshot(), {}
+        self.sinks.ask()
+        snapshot = self._snapshot()
+        return snapshot, await self.sinks.answer(reactor)
 
-    def close(self) -> Figures:
-        end = self._snapshot()
-        wall, cpu, load_cpu, objects, nbytes = (
-            b - a for a, b in zip(self.start, end, strict=True)
+    async def open(self, reactor: Any) -> None:
+        self.start = await self._take(reactor)
+
+    async def close(self, reactor: Any) -> Figures:
+        end, sunk_end = await self._take(reactor)
+        start, sunk_start = self.start
+        wall, cpu, load_cpu, objects, nbytes, sink_cpu = (
+            b - a for a, b in zip(start, end, strict=True)
         )
-        return {
-            "obj_s": objects / wall,
-            "mbit_s": nbytes * 8 / wall / 1e6,
-            "cpu_per_gb": cpu / (nbytes / 1e9) if nbytes else float("nan"),
+        obj_s = objects / wall
+        bytes_s = nbytes / wall
+        if self.sinks is not None:
+            if sunk_end["closed"]:
+                raise RuntimeError(f"{sunk_end['closed']:.0f} sinks lost their connection")
+            sink_wall = sunk_end["t"] - sunk_start["t"]
+            obj_s += (sunk_end["objects"] - sunk_start["objects"]) / sink_wall
+            bytes_s += (sunk_end["bytes"] - sunk_start["bytes"]) / sink_wall
+        figures = {
+            "obj_s": obj_s,
+            "mbit_s": bytes_s * 8 / 1e6,
+            "cpu_per_gb": cpu / (bytes_s * wall / 1e9) if bytes_s else float("nan"),
             "relay_cpu": 100 * cpu / wall,
             "load_cpu": 100 * load_cpu / wall,
         }
+        if self.sinks is not None:
+            figures["sink_cpu"] = 100 * sink_cpu / wall
+        return figures
 
 
-async def drain(reactor: Any, viewers: list[Viewer], expected: int) -> None:
-    """Wait until every viewer has ``expected`` objects or delivery stalls for 0.5 s."""
+async def drain(
+    reactor: Any, viewers: list[Viewer], expected: int, sinks: SinkProcess | None = None
+) -> int:
+    """Wait until every viewer (and sink) has ``expected`` objects or delivery stalls for
+    0.5 s; return how many objects they all have."""
     deadline = time.monotonic() + 10.0
+    everyone = len(viewers) + (0 if sinks is None else sinks.count)
     last = -1
-    while time.monotonic() < deadline:
+    while True:
         total = sum(v.objects for v in viewers)
-        if total >= expected * len(viewers) or total == last:
-            return
+        if sinks is not None:
+            total += int((await sinks.counts(reactor))["objects"])
+        if total >= expected * everyone or total == last or time.monotonic() >= deadline:
+            return total
         last = total
         await sleep(reactor, 0.5)
 
@@ -586,15 +753,31 @@ async def fanout_run(
     *,
     limit: int | None = None,
     warmup: float = 0.5,
+    sinks: bool = False,
 ) -> Figures:
-    """One publisher to ``viewers`` viewers, as fast as it goes (or ``limit`` objects)."""
+    """One publisher to ``viewers`` viewers, as fast as it goes (or ``limit`` objects).
+
+    With ``sinks`` (ws only), all viewers but the probes (`split_viewers`) are sinks
+    (bench/sinks.py).
+    """
+    if sinks and transport != "ws":
+        raise ValueError("sinks are WebSocket viewers")
     url = target.url(transport)
+    probes, sunk = split_viewers(viewers, sinks)
     clients: list[MoqtClient] = []
     pump: Pump | None = None
+    sink: SinkProcess | None = None
     try:
         pub, (track,) = await publisher(reactor, url, b"video")
         clients.append(pub)
-        counters = await watchers(reactor, url, viewers, clients)
+        counters: list[Viewer] = []
+
+        async def add_probes(count: int) -> None:
+            counters.extend(await watchers(reactor, url, count, clients))
+
+        sink = await probes_and_sinks(
+            reactor, "relay", target.tcp_port, probes, sunk, OBJECT_SIZE, add_probes
+        )
         pump = Pump(
             reactor,
             MoqtSink(pub, track),
@@ -605,15 +788,14 @@ async def fanout_run(
         )
         pump.start()
         await sleep(reactor, warmup)
-        window = Window(target.pid, counters)
-        window.open()
+        window = Window(target.pid, counters, sink)
+        await window.open(reactor)
         await sleep(reactor, seconds)
-        figures = window.close()
+        figures = await window.close(reactor)
         pump.stop()
         if pub.closed.called:
             raise RuntimeError(f"the publisher's session ended: {pub.closed.result}")
-        await drain(reactor, counters, pump.sent)
-        delivered = sum(v.objects for v in counters)
+        delivered = await drain(reactor, counters, pump.sent, sink)
         figures["sent"] = pump.sent
         figures["delivered"] = delivered
         figures["delivered_pct"] = 100 * delivered / (pump.sent * viewers) if pump.sent else 0
@@ -621,88 +803,140 @@ async def fanout_run(
     finally:
         if pump is not None:
             pump.stop()
+        if sink is not None:
+            await sink.stop(reactor)
         await close_clients(reactor, clients)
 
 
 async def baseline_fanout_run(
-    reactor: Any, target: Target, viewers: int, seconds: float, *, warmup: float = 0.5
+    reactor: Any,
+    target: Target,
+    viewers: int,
+    seconds: float,
+    *,
+    warmup: float = 0.5,
+    sinks: bool = False,
 ) -> Figures:
     """The same load as `fanout_run` over ws, against the minimal WebSocket fan-out."""
+    probes, sunk = split_viewers(viewers, sinks)
     clients: list[BaselineClient] = []
     pump: Pump | None = None
+    sink: SinkProcess | None = None
     try:
         pub = await connect_baseline(reactor, target.tcp_port, publisher=True)
         clients.append(pub)
-        counters = [Viewer() for _ in range(viewers)]
-        for start in range(0, viewers, CONNECT_BATCH):
-            clients += await gatherResults(
-                [
-                    Deferred.fromCoroutine(
-                        connect_baseline(
-                            reactor, target.tcp_port, publisher=False, on_message=v.received
-                        )
+        counters: list[Viewer] = []
+
+        async def add_probes(count: int) -> None:
+            for start in range(0, count, CONNECT_BATCH):
+                batch = [Viewer() for _ in range(min(CONNECT_BATCH, count - start))]
+                clients.extend(
+                    await gatherResults(
+                        [
+                            Deferred.fromCoroutine(
+                                connect_baseline(
+                                    reactor,
+                                    target.tcp_port,
+                                    publisher=False,
+                                    on_message=v.received,
+                                )
+                            )
+                            for v in batch
+                        ],
+                        consumeErrors=True,
                     )
-                    for v in counters[start : start + CONNECT_BATCH]
-                ],
-                consumeErrors=True,
-            )
+                )
+                counters.extend(batch)
+
+        sink = await probes_and_sinks(
+            reactor, "baseline", target.tcp_port, probes, sunk, OBJECT_SIZE, add_probes
+        )
         # The server registers a viewer when its upgrade completes, before the client sees it.
         await sleep(reactor, 0.2)
         pump = Pump(reactor, BaselineSink(pub), OBJECT_SIZE, GROUP_SIZE, viewers=counters)
         pump.start()
         await sleep(reactor, warmup)
-        window = Window(target.pid, counters)
-        window.open()
+        window = Window(target.pid, counters, sink)
+        await window.open(reactor)
         await sleep(reactor, seconds)
-        figures = window.close()
+        figures = await window.close(reactor)
         pump.stop()
-        await drain(reactor, counters, pump.sent)
-        delivered = sum(v.objects for v in counters)
+        delivered = await drain(reactor, counters, pump.sent, sink)
         figures["delivered_pct"] = 100 * delivered / (pump.sent * viewers) if pump.sent else 0
         return figures
     finally:
         if pump is not None:
             pump.stop()
+        if sink is not None:
+            await sink.stop(reactor)
         for client in clients:
             client.close()
         await wait_until(reactor, lambda: all(c.closed.called for c in clients), timeout=10.0)
 
 
 async def latency_run(
-    reactor: Any, target: Target, transport: str, viewers: int, seconds: float
+    reactor: Any,
+    target: Target,
+    transport: str,
+    viewers: int,
+    seconds: float,
+    *,
+    sinks: bool = False,
 ) -> Figures:
-    """A paced 5 Mbit/s track to ``viewers`` viewers; latency percentiles in ms."""
+    """A paced 5 Mbit/s track to ``viewers`` viewers; latency percentiles in ms.
+
+    With ``sinks`` (ws only), only the probes (`split_viewers`) time and count losses.
+    """
+    if sinks and transport != "ws":
+        raise ValueError("sinks are WebSocket viewers")
     url = target.url(transport)
+    probes, sunk = split_viewers(viewers, sinks)
     clients: list[MoqtClient] = []
     pacer: Pacer | None = None
+    sink: SinkProcess | None = None
     try:
         pub, (track,) = await publisher(reactor, url, b"video")
         clients.append(pub)
-        counters = await watchers(reactor, url, viewers, clients)
+        counters: list[Viewer] = []
+
+        async def add_probes(count: int) -> None:
+            counters.extend(await watchers(reactor, url, count, clients))
+
+        sink = await probes_and_sinks(
+            reactor, "relay", target.tcp_port, probes, sunk, LATENCY_SIZE, add_probes
+        )
         pacer = Pacer(reactor, track, LATENCY_GROUPS_PER_SECOND, LATENCY_PER_GROUP, LATENCY_SIZE)
         pacer.start()
         await sleep(reactor, 1.0)
         for v in counters:
             v.recording = True
-        window = Window(target.pid, counters)
-        window.open()
+        window = Window(target.pid, counters, sink)
+        await window.open(reactor)
         await sleep(reactor, seconds)
-        figures = window.close()
+        figures = await window.close(reactor)
         for v in counters:
             v.recording = False
+        pacer.stop()
+        delivered = await drain(reactor, counters, pacer.sent, sink)
         latencies = [ms for v in counters for ms in v.latencies]
-        return {
+        result = {
             "p50": percentile(latencies, 0.5),
             "p99": percentile(latencies, 0.99),
             "max": max(latencies, default=float("nan")),
             "mbit_s": figures["mbit_s"],
             "lost": sum(v.lost() for v in counters),
+            "delivered_pct": 100 * delivered / (pacer.sent * viewers) if pacer.sent else 0,
             "relay_cpu": figures["relay_cpu"],
             "load_cpu": figures["load_cpu"],
         }
+        if "sink_cpu" in figures:
+            result["sink_cpu"] = figures["sink_cpu"]
+        return result
     finally:
         if pacer is not None:
             pacer.stop()
+        if sink is not None:
+            await sink.stop(reactor)
         await close_clients(reactor, clients)
 
 
@@ -823,11 +1057,14 @@ async def teardown_run(
                 now["peers"] == stayers + 2
                 and now["subscriptions"] == stayers
                 and now["reaper_pending"] == 0
+                and now["losses_pending"] == 0
             ):
                 break
             if time.monotonic() - started > 60.0:
                 raise RuntimeError(f"the relay did not reap the leavers: {now}")
-            await sleep(reactor, 0.005)
+            # Each poll costs the relay about a millisecond (an HTTP request, a walk over
+            # the peers): polling more often would add to the stall being measured.
+            await sleep(reactor, 0.02)
         reaped = time.monotonic() - started
         await sleep(reactor, max(0.0, 1.0 - reaped))
         during = [ms for v in stay for ms in v.latencies]
@@ -984,6 +1221,31 @@ RATIO_COLUMNS = [
     Column("obj_s_ratio", "relay/baseline objects/s", "{:.2f}x"),
     Column("cpu_ratio", "relay/baseline CPU per GB", "{:.2f}x"),
 ]
+SINK_CPU = Column("sink_cpu", "sink CPU %")
+
+
+def with_sink_cpu(columns: list[Column]) -> list[Column]:
+    """``columns`` with "sink CPU %" after "load CPU %"."""
+    at = [c.key for c in columns].index("load_cpu") + 1
+    return [*columns[:at], SINK_CPU, *columns[at:]]
+
+
+def viewers_label(transport: str, viewers: int, sinks: bool) -> str:
+    """A row label; with sinks (ws only) it says how many viewers were probes and sinks."""
+    probes, sunk = split_viewers(viewers, sinks and transport == "ws")
+    label = f"{viewers} viewers"
+    return f"{label} ({probes} probes + {sunk} sinks)" if sunk else label
+
+
+SINKS_NOTE = (
+    f"Viewers: of N ws viewers, one in five (at least 1, at most {PROBES}) are probes in "
+    "the load process (full MoQT "
+    "viewers; Autobahn viewers for the baseline) and the others are sinks in a process of "
+    "their own (bench/sinks.py: stdlib TLS, WebSocket frame headers only, one object counted "
+    "per object message). The probes subscribe spread evenly among the sinks (servers serve "
+    "viewers in subscription order). Objects/s and Mbit/s add the sinks' counts to the "
+    "probes' over the same window."
+)
 
 
 # -- the workloads, every run ------------------------------------------------------
@@ -996,35 +1258,61 @@ async def fanout_section(
     seconds: float,
     runs: int,
     baseline: bool,
+    sinks: bool = False,
 ) -> list[Section]:
-    section = Section(
-        f"fanout: 1 publisher, {OBJECT_SIZE // 1024} KiB objects, {GROUP_SIZE} per group, "
-        f"{seconds:g} s",
-        FANOUT_COLUMNS,
-        notes=[
+    """Every fanout run; with ``sinks``, the ws runs (relay and baseline) use sinks."""
+    if sinks:
+        title_viewers = f", ws viewers: up to {PROBES} probes + sinks"
+        notes = [
+            SINKS_NOTE + " The publisher keeps its session queue under 1 MiB and stays at "
+            "most one group ahead of the slowest probe; delivered % counts probes and sinks. "
+            "Relay, load and sink CPU % are of one core."
+        ]
+    else:
+        title_viewers = ""
+        notes = [
             "Objects/s and Mbit/s are summed over the viewers. The publisher keeps its "
             "session queue under 1 MiB and stays at most one group ahead of the slowest "
             "viewer (all share the load process), so delivered % should be 100; relay and "
             "load CPU % are of one core."
-        ],
+        ]
+    section = Section(
+        f"fanout: 1 publisher, {OBJECT_SIZE // 1024} KiB objects, {GROUP_SIZE} per group, "
+        f"{seconds:g} s{title_viewers}",
+        with_sink_cpu(FANOUT_COLUMNS) if sinks else FANOUT_COLUMNS,
+        notes=notes,
     )
-    ratios = Section("fanout over ws: relay / minimal WebSocket fan-out", RATIO_COLUMNS)
+    ratios = Section(
+        "fanout over ws: relay / minimal WebSocket fan-out"
+        + (" (both with probes + sinks)" if sinks else ""),
+        RATIO_COLUMNS,
+    )
     for transport in transports:
+        use_sinks = sinks and transport == "ws"
         for viewers in viewer_counts:
-            row = Row(f"{transport}, {viewers} viewers")
+            row = Row(f"{transport}, {viewers_label(transport, viewers, sinks)}")
             section.rows.append(row)
             with_baseline = baseline and transport == "ws"
-            base_row = Row(f"baseline ws, {viewers} viewers")
+            base_row = Row(f"baseline ws, {viewers_label(transport, viewers, sinks)}")
             ratio_row = Row(f"{viewers} viewers")
             for run in range(runs):
 
                 async def ours(
-                    target: Target, transport: str = transport, viewers: int = viewers
+                    target: Target,
+                    transport: str = transport,
+                    viewers: int = viewers,
+                    use_sinks: bool = use_sinks,
                 ) -> Figures:
-                    return await fanout_run(reactor, target, transport, viewers, seconds)
+                    return await fanout_run(
+                        reactor, target, transport, viewers, seconds, sinks=use_sinks
+                    )
 
-                async def theirs(target: Target, viewers: int = viewers) -> Figures:
-                    return await baseline_fanout_run(reactor, target, viewers, seconds)
+                async def theirs(
+                    target: Target, viewers: int = viewers, use_sinks: bool = use_sinks
+                ) -> Figures:
+                    return await baseline_fanout_run(
+                        reactor, target, viewers, seconds, sinks=use_sinks
+                    )
 
                 if with_baseline and run % 2 == 1:
                     base = await with_process(start_baseline, theirs)
@@ -1049,14 +1337,17 @@ async def fanout_section(
 
 
 async def profile_section(
-    reactor: Any, transport: str, viewers: int, seconds: float
+    reactor: Any, transport: str, viewers: int, seconds: float, sinks: bool = False
 ) -> tuple[list[Section], str]:
     """One fanout run with the relay under cProfile; returns the top-25 listings."""
+    use_sinks = sinks and transport == "ws"
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
         path = str(Path(tmp) / "relay.prof")
         figures = await with_process(
             lambda: start_relay(profile=path),
-            lambda target: fanout_run(reactor, target, transport, viewers, seconds),
+            lambda target: fanout_run(
+                reactor, target, transport, viewers, seconds, sinks=use_sinks
+            ),
         )
         listing = []
         for sort in ("cumulative", "tottime"):
@@ -1065,9 +1356,9 @@ async def profile_section(
             stats.strip_dirs().sort_stats(sort).print_stats(25)
             listing.append(f"Top 25 by {sort}:\n" + _trim_pstats(out.text()))
     section = Section(
-        f"fanout under cProfile ({transport}, {viewers} viewers, {seconds:g} s; slower than "
-        "unprofiled)",
-        FANOUT_COLUMNS,
+        f"fanout under cProfile ({transport}, {viewers_label(transport, viewers, sinks)}, "
+        f"{seconds:g} s; slower than unprofiled)",
+        with_sink_cpu(FANOUT_COLUMNS) if use_sinks else FANOUT_COLUMNS,
         [Row("profiled", [figures])],
     )
     return [section], "\n\n".join(listing)
@@ -1095,32 +1386,53 @@ def _trim_pstats(text: str) -> str:
 
 
 async def latency_section(
-    reactor: Any, transports: list[str], viewers: int, seconds: float, runs: int
+    reactor: Any,
+    transports: list[str],
+    viewers: int,
+    seconds: float,
+    runs: int,
+    sinks: bool = False,
 ) -> Section:
+    """Every latency run; with ``sinks``, the ws runs use sinks."""
+    columns = [
+        Column("p50", "p50 ms", "{:.1f}"),
+        Column("p99", "p99 ms", "{:.1f}"),
+        Column("max", "max ms", "{:.1f}"),
+        Column("mbit_s", "delivered Mbit/s"),
+        Column("lost", "objects lost"),
+        Column("delivered_pct", "delivered %", "{:.1f}"),
+        Column("relay_cpu", "relay CPU %"),
+        Column("load_cpu", "load CPU %"),
+    ]
+    notes = [
+        "Latency is publish (stamp written) to receipt (callback in the viewer), both in "
+        "the load process, so it includes the load process's own queueing. Delivered % is "
+        "of every object published to every viewer, once the publisher has stopped."
+    ]
+    if sinks:
+        notes.append(
+            SINKS_NOTE + f" Latency and objects lost are the {PROBES} probes' (sinks read no "
+            "stamps); delivered % counts probes and sinks."
+        )
     section = Section(
         f"latency: 5 Mbit/s track ({LATENCY_GROUPS_PER_SECOND} groups/s x {LATENCY_PER_GROUP} "
-        f"objects x {LATENCY_SIZE:,} B) to {viewers} viewers, {seconds:g} s",
-        [
-            Column("p50", "p50 ms", "{:.1f}"),
-            Column("p99", "p99 ms", "{:.1f}"),
-            Column("max", "max ms", "{:.1f}"),
-            Column("mbit_s", "delivered Mbit/s"),
-            Column("lost", "objects lost"),
-            Column("relay_cpu", "relay CPU %"),
-            Column("load_cpu", "load CPU %"),
-        ],
-        notes=[
-            "Latency is publish (stamp written) to receipt (callback in the viewer), both in "
-            "the load process, so it includes the load process's own queueing."
-        ],
+        f"objects x {LATENCY_SIZE:,} B) to {viewers} viewers, {seconds:g} s"
+        + (f", ws viewers: up to {PROBES} probes + sinks" if sinks else ""),
+        with_sink_cpu(columns) if sinks else columns,
+        notes=notes,
     )
     for transport in transports:
-        row = Row(f"{transport}, {viewers} viewers")
+        use_sinks = sinks and transport == "ws"
+        row = Row(f"{transport}, {viewers_label(transport, viewers, sinks)}")
         section.rows.append(row)
         for _ in range(runs):
 
-            async def work(target: Target, transport: str = transport) -> Figures:
-                return await latency_run(reactor, target, transport, viewers, seconds)
+            async def work(
+                target: Target, transport: str = transport, use_sinks: bool = use_sinks
+            ) -> Figures:
+                return await latency_run(
+                    reactor, target, transport, viewers, seconds, sinks=use_sinks
+                )
 
             row.runs.append(await with_process(start_relay, work))
             _progress(row.label, row.runs[-1])
@@ -1165,8 +1477,9 @@ async def teardown_section(
             Column("p99_ratio", "p99 during/quiet", "{:.2f}x"),
         ],
         notes=[
-            "Reaped = the runner's /stats shows only the publisher and the stayers, their "
-            "subscriptions only, and an empty reaper worklist. 'During' covers at least 1 s "
+            "Reaped = the runner's /stats (polled every 20 ms) shows only the publisher and "
+            "the stayers, their subscriptions only, an empty reaper worklist and no "
+            "connection loss left queued in the reactor. 'During' covers at least 1 s "
             "from the moment the leavers vanish (WebSocket: TCP dropped with no close; QUIC "
             "and WebTransport: CONNECTION_CLOSE)."
         ],
@@ -1260,6 +1573,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=3, help="runs per figure (the median is shown)")
     p.add_argument("--baseline", action="store_true", help="fanout: also the WebSocket baseline")
     p.add_argument("--profile", action="store_true", help="fanout: one run under cProfile")
+    p.add_argument(
+        "--sinks",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"fanout and latency over ws: all viewers but one in five (at most {PROBES}) "
+        "are sinks (bench/sinks.py) in a process of their own",
+    )
     p.add_argument("--append-results", action="store_true", help="append to bench/RESULTS.md")
     return p
 
@@ -1276,7 +1596,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> tuple[list[Section], st
         sys.stderr.write(f"{workload}...\n")
         if workload == "fanout" and args.profile:
             found, listing = await profile_section(
-                reactor, args.transport or "ws", args.viewers or 10, args.seconds
+                reactor, args.transport or "ws", args.viewers or 10, args.seconds, args.sinks
             )
             sections += found
         elif workload == "fanout":
@@ -1288,11 +1608,17 @@ async def run(reactor: Any, args: argparse.Namespace) -> tuple[list[Section], st
                 args.seconds,
                 args.runs,
                 args.baseline or args.workload == "all",
+                args.sinks,
             )
         elif workload == "latency":
             sections.append(
                 await latency_section(
-                    reactor, chosen or ["ws"], args.viewers or 100, args.seconds, args.runs
+                    reactor,
+                    chosen or ["ws"],
+                    args.viewers or 100,
+                    args.seconds,
+                    args.runs,
+                    args.sinks,
                 )
             )
         elif workload == "memory":
@@ -1326,7 +1652,8 @@ def results_markdown(
         f"- Machine: {machine()}",
         f"- Command: `{command}`",
         f"- Median of {args.runs} runs; the relay in its own process, publisher and viewers "
-        "in one other process.",
+        "in one other process"
+        + (", except the sinks (ws), in a third one." if args.sinks else "."),
         "",
     ]
     body = "\n".join(s.markdown() for s in sections)
@@ -1337,7 +1664,8 @@ def results_markdown(
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     if args.profile:
         args.runs = 1
     atexit.register(Child.stop_all)

@@ -2,12 +2,13 @@
 
 relay_bench.py starts this as the relay under test:
 
-    PYTHONPATH=. python bench/relay_runner.py [--profile FILE] [--max-streams N]
+    PYTHONPATH=. python bench/relay_runner.py [--profile FILE] [--max-streams N] [--stock-reactor]
 
 It listens on ephemeral ports of 127.0.0.1 (UDP for QUIC and WebTransport, TCP
 for WebSocket), prints one JSON line ``{"tcp": .., "udp": .., "stats": .., "pid": ..}``
 on standard output once listening, and serves ``GET /stats`` on a side TCP port
-(peers, tracks, subscriptions, open downstream streams, reaper work). The stats
+(peers, tracks, subscriptions, open downstream streams, reaper work, queued
+connection losses). The stats
 endpoint lives here, not in the relay. SIGTERM or SIGINT stops the service
 cleanly; with ``--profile`` the reactor loop runs under cProfile and the stats
 are written to FILE at exit.
@@ -30,6 +31,8 @@ from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from moqrelay.reactor import PacedEPollReactor
+from moqrelay.reactor import install as install_paced_reactor
 from moqrelay.relay.hub import Relay, RelayConfig
 from moqrelay.service import RelayService
 from moqrelay.session import SessionLimits
@@ -38,7 +41,7 @@ from moqrelay.tls import generate_dev_chain
 _log = Logger()
 
 
-def relay_stats(relay: Relay) -> dict[str, int]:
+def relay_stats(relay: Relay, reactor: Any) -> dict[str, int]:
     """A snapshot of what the relay holds, cheap enough to poll every few milliseconds."""
     subscriptions = 0
     streams = 0
@@ -53,6 +56,9 @@ def relay_stats(relay: Relay) -> dict[str, int]:
         "streams": streams,
         "reaper_pending": relay.reaper.pending(),
         "reaped": relay.reaper.reaped,
+        "losses_pending": reactor.pending_losses()
+        if isinstance(reactor, PacedEPollReactor)
+        else 0,
     }
 
 
@@ -61,14 +67,15 @@ class StatsResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, relay: Relay) -> None:
+    def __init__(self, relay: Relay, reactor: Any) -> None:
         super().__init__()
         self.relay = relay
+        self.reactor = reactor
 
     def render_GET(self, request: Request) -> bytes:
         """The stats; with ``?gc=1``, after a full garbage collection, with the RSS in KiB."""
         request.setHeader(b"content-type", b"application/json")
-        stats = relay_stats(self.relay)
+        stats = relay_stats(self.relay, self.reactor)
         if request.args.get(b"gc") == [b"1"]:
             gc.collect()
             _trim_heap()
@@ -112,18 +119,27 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", help="write cProfile stats of the reactor loop here")
     parser.add_argument("--max-streams", type=int, default=10_000)
     parser.add_argument("--idle-timeout", type=float, default=30.0)
+    parser.add_argument(
+        "--stock-reactor",
+        action="store_true",
+        help="Twisted's own epoll reactor, not the paced one twistd moqrelay installs",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    if not args.stock_reactor:
+        install_paced_reactor()
     from twisted.internet import reactor as global_reactor
 
     reactor: Any = global_reactor
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     service = build_service(reactor, args.max_streams, args.idle_timeout)
     service.startService()
-    stats_port = reactor.listenTCP(0, Site(StatsResource(service.relay)), interface="127.0.0.1")
+    stats_port = reactor.listenTCP(
+        0, Site(StatsResource(service.relay, reactor)), interface="127.0.0.1"
+    )
 
     async def announce() -> None:
         (tcp,) = await service.tcp_ports()

@@ -57,7 +57,18 @@ class FanOutSmokeTests(TestCase):
         for key in ("obj_s", "mbit_s", "relay_cpu", "load_cpu"):
             self.assertTrue(math.isfinite(figures[key]) and figures[key] >= 0, key)
         await relay_bench.wait_until(reactor, lambda: not self.relay.peers, timeout=10.0)
-        self.assertEqual(relay_stats(self.relay)["subscriptions"], 0)
+        self.assertEqual(relay_stats(self.relay, reactor)["subscriptions"], 0)
+
+    async def test_fanout_with_sinks_counts_every_object(self) -> None:
+        """2 probes here, 8 sinks in bench/sinks.py: every viewer's objects are counted."""
+        target = await self.start_relay()
+        figures = await relay_bench.fanout_run(
+            reactor, target, "ws", 10, 0.2, limit=60, warmup=0.05, sinks=True
+        )
+        self.assertEqual(relay_bench.split_viewers(10, True), (2, 8))
+        self.assertEqual(figures["sent"], 60)
+        self.assertEqual(figures["delivered"], 600)
+        self.assertEqual(relay_bench.Child.live, set())
 
     async def test_baseline_fanout_delivers_every_message(self) -> None:
         endpoint = SSL4ServerEndpoint(
@@ -78,7 +89,7 @@ class FanOutSmokeTests(TestCase):
     async def test_stats_endpoint_reports_peers(self) -> None:
         target = await self.start_relay()
         site_port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            Site(StatsResource(self.relay))
+            Site(StatsResource(self.relay, reactor))
         )
         self.addCleanup(site_port.stopListening)
         stats = relay_bench.StatsClient(reactor, getattr(site_port.getHost(), "port", 0))
@@ -94,8 +105,24 @@ class FanOutSmokeTests(TestCase):
                 "streams": 0,
                 "reaper_pending": 0,
                 "reaped": self.relay.reaper.reaped,
+                "losses_pending": 0,
             },
         )
+
+
+class TeardownSmokeTests(TestCase):
+    timeout = 120
+
+    async def test_leavers_vanish_and_are_reaped_by_a_relay_in_its_own_process(self) -> None:
+        """The teardown workload, small: relay_runner (paced reactor) and bench/leavers.py."""
+        figures = await relay_bench.with_process(
+            relay_bench.start_relay,
+            lambda target: relay_bench.teardown_run(reactor, target, "ws", 20, 2, 3),
+        )
+        self.assertLess(figures["reap_ms"], 30_000)
+        for key in ("quiet_p99", "during_p99", "during_max", "p99_ratio"):
+            self.assertTrue(math.isfinite(figures[key]) and figures[key] > 0, key)
+        self.assertEqual(relay_bench.Child.live, set())
 
 
 class HelperTests(SynchronousTestCase):

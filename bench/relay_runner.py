@@ -3,6 +3,7 @@
 relay_bench.py starts this as the relay under test:
 
     PYTHONPATH=. python bench/relay_runner.py [--profile FILE] [--max-streams N] [--stock-reactor]
+        [--no-gc-freeze]
 
 It listens on ephemeral ports of 127.0.0.1 (UDP for QUIC and WebTransport, TCP
 for WebSocket), prints one JSON line ``{"tcp": .., "udp": .., "stats": .., "pid": ..}``
@@ -34,7 +35,7 @@ from twisted.web.server import Request, Site
 from moqrelay.reactor import PacedEPollReactor
 from moqrelay.reactor import install as install_paced_reactor
 from moqrelay.relay.hub import Relay, RelayConfig
-from moqrelay.service import RelayService
+from moqrelay.service import RelayService, freeze_startup_objects
 from moqrelay.session import SessionLimits
 from moqrelay.tls import generate_dev_chain
 
@@ -124,6 +125,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Twisted's own epoll reactor, not the paced one twistd moqrelay installs",
     )
+    parser.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="leave the startup objects to the garbage collector (twistd moqrelay freezes them)",
+    )
     return parser
 
 
@@ -158,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     Deferred.fromCoroutine(announce()).addErrback(failed)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    if not args.no_gc_freeze:
+        reactor.callWhenRunning(freeze_startup_objects)
     if args.profile:
         profiler = cProfile.Profile()
         profiler.runcall(reactor.run)

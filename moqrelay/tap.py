@@ -289,9 +289,11 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
     """Build the relay's service tree from parsed options.
 
     Without a ``reactor``, the global one; if twistd has not installed one yet (no
-    ``--reactor``), `moqrelay.reactor.PacedEPollReactor` where epoll exists.
+    ``--reactor``), `moqrelay.reactor.PacedEPollReactor` where epoll exists. With the
+    global reactor, the startup objects are also frozen out of the garbage collector
+    once it runs (`moqrelay.service.freeze_startup_objects`).
     """
-    from moqrelay.service import RelayService
+    from moqrelay.service import RelayService, freeze_startup_objects
 
     if reactor is None:
         if "twisted.internet.reactor" not in sys.modules and hasattr(select, "epoll"):
@@ -301,5 +303,6 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
+        global_reactor.callWhenRunning(freeze_startup_objects)
     assert reactor is not None
     return RelayService.from_options(options, reactor)

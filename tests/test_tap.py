@@ -26,7 +26,8 @@ class PluginTests(SynchronousTestCase):
         self.assertEqual(makers["moqrelay"].options, tap.Options)
 
     def test_makeservice_installs_the_paced_reactor_unless_one_was_chosen(self) -> None:
-        """In a fresh interpreter, as under twistd: no reactor yet, or one chosen by --reactor."""
+        """In a fresh interpreter, as under twistd: no reactor yet, or one chosen by --reactor;
+        either way the startup objects are frozen once the reactor runs."""
         script = (
             "import sys\n"
             "from moqrelay import tap\n"
@@ -34,7 +35,11 @@ class PluginTests(SynchronousTestCase):
             "    from twisted.internet import pollreactor; pollreactor.install()\n"
             "options = tap.Options(); options.parseOptions(['--dev', '--bind', '127.0.0.1:0'])\n"
             "tap.makeService(options)\n"
-            "from twisted.internet import reactor; print(type(reactor).__name__)\n"
+            "from twisted.internet import reactor\n"
+            "import gc\n"
+            "reactor.callWhenRunning(reactor.stop)\n"
+            "reactor.run()\n"
+            "print(type(reactor).__name__, gc.get_freeze_count() > 10_000)\n"
         )
         found = {}
         for chosen in ("none", "poll"):
@@ -47,7 +52,7 @@ class PluginTests(SynchronousTestCase):
                 check=True,
             )
             found[chosen] = done.stdout.strip()
-        self.assertEqual(found, {"none": "PacedEPollReactor", "poll": "PollReactor"})
+        self.assertEqual(found, {"none": "PacedEPollReactor True", "poll": "PollReactor True"})
 
 
 class ParseBindTests(SynchronousTestCase):

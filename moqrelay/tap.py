@@ -146,6 +146,14 @@ class Options(usage.Options):
             _positive(float, "idle-timeout"),
         ],
         [
+            "udp-buffer",
+            None,
+            4 << 20,
+            "Receive and send buffer of the QUIC UDP socket, in bytes (the kernel caps it at "
+            "net.core.rmem_max / wmem_max; a warning says so).",
+            _positive(int, "udp-buffer"),
+        ],
+        [
             "request-window",
             None,
             100,

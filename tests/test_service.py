@@ -10,9 +10,10 @@ import gc
 import os
 import random
 import signal
+import socket
 import time
 import weakref
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
@@ -20,8 +21,9 @@ from twisted.internet.endpoints import SSL4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from bench import relay_bench
@@ -31,7 +33,7 @@ from moqrelay.client.api import MoqtClient, ReceivedObject, RequestRejected, Tra
 from moqrelay.client.connect import connect
 from moqrelay.client.token import make_token
 from moqrelay.relay.hub import RelayConfig
-from moqrelay.service import RelayService
+from moqrelay.service import RelayService, set_udp_buffers
 from moqrelay.session import SessionLimits
 from moqrelay.tls import CertificateChain, generate_dev_chain
 from moqrelay.transport.interfaces import ISessionHandler, IStream, ITransportSession
@@ -708,3 +710,51 @@ class SeedScenarioTests(RelayFixture):
 def abort(client: MoqtClient) -> None:
     """Drop the client's TCP connection with no WebSocket close (like a closed tab)."""
     client.session.transport.abort()  # type: ignore[attr-defined]
+
+
+class UdpBufferTests(SynchronousTestCase):
+    def udp_socket(self) -> socket.socket:
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(udp.close)
+        return udp
+
+    def test_granted_buffers_are_at_least_what_was_asked(self) -> None:
+        with capturedLogs() as events:
+            received, sent = set_udp_buffers(self.udp_socket(), 64 * 1024)
+        self.assertGreaterEqual(received, 64 * 1024)
+        self.assertGreaterEqual(sent, 64 * 1024)
+        self.assertEqual([e for e in events if e["log_level"] == LogLevel.warn], [])
+
+    def test_a_buffer_capped_by_the_kernel_is_a_warning_naming_the_sysctl(self) -> None:
+        with capturedLogs() as events:
+            received, _ = set_udp_buffers(self.udp_socket(), 1 << 30)
+        self.assertLess(received, 1 << 30)
+        warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+        self.assertEqual(len(warnings), 2)
+        self.assertIn("net.core.rmem_max", warnings[0])
+        self.assertIn("net.core.wmem_max", warnings[1])
+
+    def test_the_relay_asks_for_its_udp_buffer(self) -> None:
+        options = tap.Options()
+        options.parseOptions(["--dev", "--bind", "127.0.0.1:0", "--udp-buffer", "65536"])
+        service = RelayService.from_options(options, reactor)
+        service.quic_service.startService()
+        self.addCleanup(service.quic_service.stopService)
+        port = service.quic_service.port
+        assert port is not None
+        udp: socket.socket = cast(Any, port).socket
+        reference = self.udp_socket()
+        self.assertEqual(
+            (
+                udp.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+                udp.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+            ),
+            set_udp_buffers(reference, 65536),
+        )
+        self.assertNotEqual(
+            set_udp_buffers(reference, 65536),
+            (
+                self.udp_socket().getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+                self.udp_socket().getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+            ),
+        )

@@ -160,6 +160,6 @@ class OptionsTests(SynchronousTestCase):
             "max-namespaces", "max-streams", "cache-groups", "cache-bytes", "max-queued-bytes",
             "max-lag-groups", "max-skipped-groups", "drain-timeout", "max-message-size",
             "strict-filters", "announce-insecure", "announce-fingerprint", "handshake-timeout",
-            "max-control-message",
+            "max-control-message", "udp-buffer",
         ):  # fmt: skip
             self.assertIn(f"--{name}", text)

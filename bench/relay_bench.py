@@ -11,8 +11,10 @@ WORKLOAD is one of:
 - ``fanout``: one publisher to N viewers (default N = 1, 10, 100) of 4 KiB objects, 30 per
   group, published as fast as the relay takes them (the publisher keeps its session queue
   under 1 MiB); delivered objects/s and Mbit/s summed over viewers, the relay's CPU seconds
-  per delivered GB. ``--baseline`` adds, side by side in every run, a minimal Autobahn
-  WebSocket fan-out (bench/baselines.py) driven the same way; ``--profile`` runs the relay
+  per delivered GB. ``--baseline`` adds, side by side in every run, a minimal fan-out
+  without MoQT (bench/baselines.py) driven the same way: over ws an Autobahn WebSocket
+  fan-out, over quic a fan-out on the relay's own QUIC stack (aioquic under
+  moqrelay.transport.quic); webtransport has no baseline. ``--profile`` runs the relay
   under cProfile once and prints its top 25 functions.
 - ``latency``: a 5 Mbit/s track (30 groups/s of 4 objects of 5,208 bytes) to N = 100
   viewers; p50/p99/max publish-to-receipt latency from the stamp in each payload.
@@ -77,7 +79,12 @@ from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from bench.baselines import BaselineClient, connect_baseline
+from bench.baselines import (
+    BaselineClient,
+    QuicBaselineClient,
+    connect_baseline,
+    connect_quic_baseline,
+)
 from moqrelay.client.api import MoqtClient, ReceivedObject, TrackPublisher
 from moqrelay.client.connect import connect
 from moqrelay.client.tools import read_stamp, stamped_payload
@@ -213,6 +220,7 @@ def start_relay(
     max_streams: int = 10_000,
     idle_timeout: float = 30.0,
     stock_reactor: bool = False,
+    gc_freeze: bool = True,
 ) -> tuple[Child, Target]:
     argv = [
         sys.executable,
@@ -226,6 +234,8 @@ def start_relay(
         argv += ["--profile", profile]
     if stock_reactor:
         argv.append("--stock-reactor")
+    if not gc_freeze:
+        argv.append("--no-gc-freeze")
     child = Child(argv, "relay")
     try:
         ports = child.wait_for(_json_line)
@@ -242,7 +252,7 @@ def start_baseline() -> tuple[Child, Target]:
     except BaseException:
         child.stop()
         raise
-    return child, Target(ports["tcp"], 0, ports["pid"])
+    return child, Target(ports["tcp"], ports["udp"], ports["pid"])
 
 
 async def with_process(
@@ -488,7 +498,24 @@ class BaselineSink:
         self.resumeProducing()
 
 
-Sink = MoqtSink | BaselineSink
+class QuicBaselineSink:
+    """Publishes on the QUIC baseline; blocked while the session queue is over 1 MiB."""
+
+    def __init__(self, client: QuicBaselineClient) -> None:
+        self.client = client
+
+    def blocked(self) -> bool:
+        return bool(self.client.session.queued_bytes() >= PUBLISHER_HIGH_WATER)
+
+    def when_unblocked(self) -> Deferred[None]:
+        d: Deferred[None] = self.client.session.when_writable()
+        return d
+
+    def send(self, group: int, obj: int, payload: bytes, last: bool) -> None:
+        self.client.send(payload)
+
+
+Sink = MoqtSink | BaselineSink | QuicBaselineSink
 
 
 class Pump:
@@ -815,16 +842,25 @@ async def baseline_fanout_run(
     viewers: int,
     seconds: float,
     *,
+    transport: str = "ws",
+    limit: int | None = None,
     warmup: float = 0.5,
     sinks: bool = False,
 ) -> Figures:
-    """The same load as `fanout_run` over ws, against the minimal WebSocket fan-out."""
+    """The same load as `fanout_run` over ``transport`` (ws or quic), against the minimal
+    fan-out of that transport (bench/baselines.py)."""
+    if transport not in ("ws", "quic"):
+        raise ValueError(f"no {transport} baseline")
+    if sinks and transport != "ws":
+        raise ValueError("sinks are WebSocket viewers")
     probes, sunk = split_viewers(viewers, sinks)
-    clients: list[BaselineClient] = []
+    connect_one = connect_baseline if transport == "ws" else connect_quic_baseline
+    port = target.tcp_port if transport == "ws" else target.udp_port
+    clients: list[BaselineClient | QuicBaselineClient] = []
     pump: Pump | None = None
     sink: SinkProcess | None = None
     try:
-        pub = await connect_baseline(reactor, target.tcp_port, publisher=True)
+        pub = await connect_one(reactor, port, publisher=True)
         clients.append(pub)
         counters: list[Viewer] = []
 
@@ -835,12 +871,7 @@ async def baseline_fanout_run(
                     await gatherResults(
                         [
                             Deferred.fromCoroutine(
-                                connect_baseline(
-                                    reactor,
-                                    target.tcp_port,
-                                    publisher=False,
-                                    on_message=v.received,
-                                )
+                                connect_one(reactor, port, publisher=False, on_message=v.received)
                             )
                             for v in batch
                         ],
@@ -852,9 +883,15 @@ async def baseline_fanout_run(
         sink = await probes_and_sinks(
             reactor, "baseline", target.tcp_port, probes, sunk, OBJECT_SIZE, add_probes
         )
-        # The server registers a viewer when its upgrade completes, before the client sees it.
-        await sleep(reactor, 0.2)
-        pump = Pump(reactor, BaselineSink(pub), OBJECT_SIZE, GROUP_SIZE, viewers=counters)
+        publishing: Sink
+        if isinstance(pub, BaselineClient):
+            # The server registers a viewer when its upgrade completes, before the client
+            # sees it. (A QUIC baseline viewer is ready once the server has registered it.)
+            await sleep(reactor, 0.2)
+            publishing = BaselineSink(pub)
+        else:
+            publishing = QuicBaselineSink(pub)
+        pump = Pump(reactor, publishing, OBJECT_SIZE, GROUP_SIZE, viewers=counters, limit=limit)
         pump.start()
         await sleep(reactor, warmup)
         window = Window(target.pid, counters, sink)
@@ -1247,6 +1284,14 @@ SINKS_NOTE = (
     "viewers in subscription order). Objects/s and Mbit/s add the sinks' counts to the "
     "probes' over the same window."
 )
+QUIC_BASELINE_NOTE = (
+    "The QUIC baseline (bench/baselines.py) runs on the relay's own QUIC transport "
+    "(moqrelay.transport.quic over aioquic, ALPN moq-00, the relay's endpoint settings) with "
+    "no MoQT: the publisher sends 4-byte length-prefixed objects on one uni stream and the "
+    "server writes each object once to each viewer's one uni stream, holding the publisher's "
+    "bytes while any viewer's session has 1 MiB queued. Its viewers only split the length "
+    "prefixes in the load process, where the relay's viewers decode MoQT."
+)
 
 
 # -- the workloads, every run ------------------------------------------------------
@@ -1262,6 +1307,7 @@ async def fanout_section(
     sinks: bool = False,
 ) -> list[Section]:
     """Every fanout run; with ``sinks``, the ws runs (relay and baseline) use sinks."""
+    sinks = sinks and "ws" in transports
     if sinks:
         title_viewers = f", ws viewers: up to {PROBES} probes + sinks"
         notes = [
@@ -1283,18 +1329,28 @@ async def fanout_section(
         with_sink_cpu(FANOUT_COLUMNS) if sinks else FANOUT_COLUMNS,
         notes=notes,
     )
-    ratios = Section(
-        "fanout over ws: relay / minimal WebSocket fan-out"
-        + (" (both with probes + sinks)" if sinks else ""),
-        RATIO_COLUMNS,
-    )
+    if baseline and "webtransport" in transports:
+        notes.append("webtransport has no baseline.")
+    ratio_sections = {
+        "ws": Section(
+            "fanout over ws: relay / minimal WebSocket fan-out"
+            + (" (both with probes + sinks)" if sinks else ""),
+            RATIO_COLUMNS,
+        ),
+        "quic": Section(
+            "fanout over quic: relay / minimal QUIC fan-out (same aioquic transport, no MoQT)",
+            RATIO_COLUMNS,
+            notes=[QUIC_BASELINE_NOTE],
+        ),
+    }
     for transport in transports:
         use_sinks = sinks and transport == "ws"
+        ratios = ratio_sections.get(transport)
         for viewers in viewer_counts:
             row = Row(f"{transport}, {viewers_label(transport, viewers, sinks)}")
             section.rows.append(row)
-            with_baseline = baseline and transport == "ws"
-            base_row = Row(f"baseline ws, {viewers_label(transport, viewers, sinks)}")
+            with_baseline = baseline and ratios is not None
+            base_row = Row(f"baseline {transport}, {viewers_label(transport, viewers, sinks)}")
             ratio_row = Row(f"{viewers} viewers")
             for run in range(runs):
 
@@ -1309,10 +1365,13 @@ async def fanout_section(
                     )
 
                 async def theirs(
-                    target: Target, viewers: int = viewers, use_sinks: bool = use_sinks
+                    target: Target,
+                    transport: str = transport,
+                    viewers: int = viewers,
+                    use_sinks: bool = use_sinks,
                 ) -> Figures:
                     return await baseline_fanout_run(
-                        reactor, target, viewers, seconds, sinks=use_sinks
+                        reactor, target, viewers, seconds, transport=transport, sinks=use_sinks
                     )
 
                 if with_baseline and run % 2 == 1:
@@ -1331,10 +1390,10 @@ async def fanout_section(
                         }
                     )
                     _progress(base_row.label, base)
-            if with_baseline:
+            if ratios is not None and with_baseline:
                 section.rows.append(base_row)
                 ratios.rows.append(ratio_row)
-    return [section, ratios] if ratios.rows else [section]
+    return [section, *(s for s in ratio_sections.values() if s.rows)]
 
 
 async def profile_section(
@@ -1395,6 +1454,7 @@ async def latency_section(
     sinks: bool = False,
 ) -> Section:
     """Every latency run; with ``sinks``, the ws runs use sinks."""
+    sinks = sinks and "ws" in transports
     columns = [
         Column("p50", "p50 ms", "{:.1f}"),
         Column("p99", "p99 ms", "{:.1f}"),
@@ -1408,7 +1468,10 @@ async def latency_section(
     notes = [
         "Latency is publish (stamp written) to receipt (callback in the viewer), both in "
         "the load process, so it includes the load process's own queueing. Delivered % is "
-        "of every object published to every viewer, once the publisher has stopped."
+        "of every object published to every viewer, once the publisher has stopped. The "
+        "relay freezes its startup objects out of the garbage collector as twistd moqrelay "
+        "does (moqrelay.service.freeze_startup_objects); the 'no gc.freeze' row runs it "
+        "without, alternating with it run by run."
     ]
     if sinks:
         notes.append(
@@ -1424,19 +1487,23 @@ async def latency_section(
     )
     for transport in transports:
         use_sinks = sinks and transport == "ws"
-        row = Row(f"{transport}, {viewers_label(transport, viewers, sinks)}")
-        section.rows.append(row)
+        rows = [Row(f"{transport}, {viewers_label(transport, viewers, sinks)}")]
+        if transport == "ws":
+            rows.append(Row(f"{rows[0].label}, no gc.freeze"))
+        section.rows += rows
         for _ in range(runs):
+            for row in rows:
 
-            async def work(
-                target: Target, transport: str = transport, use_sinks: bool = use_sinks
-            ) -> Figures:
-                return await latency_run(
-                    reactor, target, transport, viewers, seconds, sinks=use_sinks
-                )
+                async def work(
+                    target: Target, transport: str = transport, use_sinks: bool = use_sinks
+                ) -> Figures:
+                    return await latency_run(
+                        reactor, target, transport, viewers, seconds, sinks=use_sinks
+                    )
 
-            row.runs.append(await with_process(start_relay, work))
-            _progress(row.label, row.runs[-1])
+                start = partial(start_relay, gc_freeze=row is rows[0])
+                row.runs.append(await with_process(start, work))
+                _progress(row.label, row.runs[-1])
     return section
 
 
@@ -1580,7 +1647,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--viewers", type=int, help="default: the workload's own")
     p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run")
     p.add_argument("--runs", type=int, default=3, help="runs per figure (the median is shown)")
-    p.add_argument("--baseline", action="store_true", help="fanout: also the WebSocket baseline")
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="fanout over ws and quic: also the minimal fan-out without MoQT",
+    )
     p.add_argument("--profile", action="store_true", help="fanout: one run under cProfile")
     p.add_argument(
         "--sinks",
@@ -1650,6 +1721,15 @@ def machine() -> str:
     return f"`{uname}`, nproc {os.cpu_count()}, Python {platform.python_version()}"
 
 
+def uses_sinks(args: argparse.Namespace) -> bool:
+    """Whether the command runs sinks: ws fanout or latency, with sinks on."""
+    return bool(
+        args.sinks
+        and args.transport in (None, "ws")
+        and args.workload in ("fanout", "latency", "all")
+    )
+
+
 def results_markdown(
     argv: Sequence[str], args: argparse.Namespace, sections: list[Section], listing: str
 ) -> str:
@@ -1662,7 +1742,7 @@ def results_markdown(
         f"- Command: `{command}`",
         f"- Median of {args.runs} runs; the relay in its own process, publisher and viewers "
         "in one other process"
-        + (", except the sinks (ws), in a third one." if args.sinks else "."),
+        + (", except the sinks (ws), in a third one." if uses_sinks(args) else "."),
         "",
     ]
     body = "\n".join(s.markdown() for s in sections)

@@ -1,7 +1,7 @@
 """Smoke tests of the relay benchmark harness (bench/relay_bench.py, bench/baselines.py).
 
 The smallest fan-out runs in-process for a fraction of a second against a relay
-(and against the WebSocket baseline) on 127.0.0.1; the tests check that the
+(and against the WebSocket and QUIC baselines) on 127.0.0.1; the tests check that the
 numbers are sane and that nothing was lost, never how fast anything went.
 """
 
@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import reactor
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IReactorUDP
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.server import Site
 
-from bench import relay_bench
+from bench import baselines, relay_bench
 from bench.baselines import FanOutServerProtocol, fanout_server_factory
 from bench.relay_runner import StatsResource, relay_stats
 from moqrelay.client.tools import stamped_payload
@@ -25,6 +25,7 @@ from moqrelay.relay.hub import RelayConfig
 from moqrelay.service import RelayService
 from moqrelay.session import SessionLimits
 from moqrelay.tls import generate_dev_chain
+from moqrelay.transport.quic import QuicEndpoint, QuicSessionBase
 from moqrelay.web import tls_context_factory
 
 CHAIN = generate_dev_chain()
@@ -85,6 +86,80 @@ class FanOutSmokeTests(TestCase):
             reactor, lambda: hub.publisher is None and not hub.viewers, timeout=10.0
         )
         self.assertEqual(hub.paused_viewers, 0)
+
+    async def quic_baseline_run(
+        self, high_water: int, limit: int
+    ) -> tuple[relay_bench.Figures, baselines.QuicFanOutHub]:
+        """The QUIC baseline server in-process, 2 viewers, at most ``limit`` objects: what
+        the publisher sent, the server forwarded and each viewer received is the same; then
+        every session, client endpoint and port is gone."""
+        server, hub = baselines.quic_fanout_endpoint(reactor, [CHAIN], high_water)
+        port = cast(IReactorUDP, reactor).listenUDP(
+            0, server, interface="127.0.0.1", maxPacketSize=65535
+        )
+        self.addCleanup(port.stopListening)
+        self.addCleanup(server.close_all)
+        client_endpoints: list[QuicEndpoint] = []
+        sent: list[bytes] = []
+        received: list[list[bytes]] = []
+        connect = baselines.connect_quic_baseline
+
+        async def counted(
+            reactor: Any, port: int, *, publisher: bool, on_message: Any = None
+        ) -> baselines.QuicBaselineClient:
+            payloads: list[bytes] = []
+
+            def receive(payload: bytes) -> None:
+                payloads.append(payload)
+                on_message(payload)
+
+            client = await connect(reactor, port, publisher=publisher, on_message=receive)
+            client_endpoints.append(cast(QuicSessionBase, client.session)._connection.endpoint)
+            if publisher:
+                send = client.send
+
+                def send_counted(payload: bytes) -> None:
+                    sent.append(payload)
+                    send(payload)
+
+                self.patch(client, "send", send_counted)
+            else:
+                received.append(payloads)
+            return client
+
+        self.patch(relay_bench, "connect_quic_baseline", counted)
+        target = relay_bench.Target(0, getattr(port.getHost(), "port", 0), os.getpid())
+        figures = await relay_bench.baseline_fanout_run(
+            reactor, target, 2, 0.1, transport="quic", limit=limit, warmup=0.05
+        )
+        self.assertEqual(len(client_endpoints), 3)
+        self.assertTrue(0 < len(sent) <= limit)
+        self.assertEqual(hub.forwarded, len(sent))
+        self.assertEqual(received, [sent, sent])
+        self.assertEqual(figures["delivered_pct"], 100)
+        await relay_bench.wait_until(
+            reactor,
+            lambda: (
+                hub.publisher is None
+                and not hub.viewers
+                and server.connections == 0
+                and all(e.transport is None for e in client_endpoints)
+            ),
+            timeout=10.0,
+        )
+        self.assertEqual((hub.publisher, hub.viewers, hub.blocked), (None, {}, set()))
+        return figures, hub
+
+    async def test_quic_baseline_fanout_delivers_every_object(self) -> None:
+        figures, _hub = await self.quic_baseline_run(baselines.QUIC_HIGH_WATER, 60)
+        for key in ("obj_s", "mbit_s", "relay_cpu", "load_cpu"):
+            self.assertTrue(math.isfinite(figures[key]) and figures[key] >= 0, key)
+
+    async def test_quic_baseline_holds_the_publisher_while_a_viewer_is_full(self) -> None:
+        """With an 8 KiB bound, a viewer is full after two objects: the server holds the
+        publisher's bytes until it drains, and nothing is lost."""
+        _figures, hub = await self.quic_baseline_run(8192, 120)
+        self.assertGreater(hub.pauses, 0)
 
     async def test_stats_endpoint_reports_peers(self) -> None:
         target = await self.start_relay()

@@ -27,6 +27,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from moqrelay.tls import generate_dev_chain
+from moqrelay.transport import websocket as websocket_module
 from moqrelay.transport.interfaces import (
     ISessionHandler,
     IStream,
@@ -247,6 +248,25 @@ class SessionStateTests(SynchronousTestCase):
                 bytes.fromhex("08 03 14 00 00 00 00 00 04 61 62 63 64 00 04 65 66 67 68"),
                 bytes.fromhex("09 03"),
             ],
+        )
+
+    def test_a_stream_encodes_its_data_header_once(self) -> None:
+        session, link, _, _ = make_session(high_water=1 << 30)
+        first, second = session.open_uni_stream(), session.open_uni_stream()
+        encoded: list[object] = []
+
+        def counting(frame: Any) -> bytes:
+            encoded.append(frame)
+            return encode_frame(frame)
+
+        self.patch(websocket_module, "encode_frame", counting)
+        for payload in (b"a", b"bc", b"def"):
+            first.write(payload)
+            second.write(payload)
+        self.assertEqual(encoded, [StreamFrame(3, b"", False), StreamFrame(7, b"", False)])
+        self.assertEqual(
+            [(f.stream_id, f.data) for f in link.take() if isinstance(f, StreamFrame)],
+            [(3, b"a"), (7, b"a"), (3, b"bc"), (7, b"bc"), (3, b"def"), (7, b"def")],
         )
 
     def test_split_at_max_frame_data(self) -> None:

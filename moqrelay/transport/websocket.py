@@ -127,7 +127,7 @@ class _Link(Protocol):
 class _WebSocketStream:
     """One stream of a `WebSocketSession`."""
 
-    __slots__ = ("_receiver", "_recv", "_send", "_session", "stream_id")
+    __slots__ = ("_data_header", "_receiver", "_recv", "_send", "_session", "stream_id")
 
     def __init__(self, session: WebSocketSession, stream_id: int, send: int, recv: int) -> None:
         self.stream_id = stream_id
@@ -135,6 +135,9 @@ class _WebSocketStream:
         self._send = send
         self._recv = recv
         self._receiver: IStreamReceiver | None = None
+        # The STREAM frame header of this stream's data, encoded once: every relayed
+        # object is one write, to every viewer.
+        self._data_header = b""
 
     def __repr__(self) -> str:
         return f"<_WebSocketStream {self.stream_id} send={self._send} recv={self._recv}>"
@@ -144,7 +147,10 @@ class _WebSocketStream:
 
     def write(self, data: bytes) -> None:
         if self._send == _OPEN and data:
-            self._session._write_stream(self.stream_id, data)
+            header = self._data_header
+            if not header:
+                header = self._data_header = encode_frame(StreamFrame(self.stream_id, b"", False))
+            self._session._write_stream(header, data)
 
     def finish(self) -> None:
         if self._send != _OPEN:
@@ -412,8 +418,8 @@ class WebSocketSession:
             if self._streams.get(stream.stream_id) is stream:
                 del self._streams[stream.stream_id]
 
-    def _write_stream(self, stream_id: int, data: bytes) -> None:
-        header = encode_frame(StreamFrame(stream_id, b"", False))
+    def _write_stream(self, header: bytes, data: bytes) -> None:
+        """``data`` of the stream whose STREAM frame header is ``header``, in frames."""
         if len(data) <= MAX_STREAM_FRAME_DATA:
             self._send_frame(header + data)
             return

@@ -17,14 +17,16 @@ WORKLOAD is one of:
   moqrelay.transport.quic); webtransport has no baseline. ``--profile`` runs the relay
   under cProfile once and prints its top 25 functions.
 - ``latency``: a 5 Mbit/s track (30 groups/s of 4 objects of 5,208 bytes) to N = 100
-  viewers; p50/p99/max publish-to-receipt latency from the stamp in each payload.
+  viewers; p50/p99/max publish-to-receipt latency from the stamp in each payload; the relay
+  with and without its gc.freeze; ``--baseline`` adds the same track through the minimal
+  WebSocket fan-out and, run by run, what the relay adds to its latency.
 - ``memory``: relay RSS per idle subscribed viewer with 1,000 viewers.
 - ``teardown``: 1,000 viewers holding 10 open subgroups each vanish at once; the time
   until the relay has reaped them (polled from the runner's ``GET /stats``) and the p99
   latency of 10 viewers that stay, during the teardown, against their quiet p99.
 - ``peer``: aiomoqt's relay against ours, both driven by aiomoqt's pub_bench and
   sub_bench (needs /work/interop-venv/bin/python or $MOQRELAY_INTEROP_PYTHON).
-- ``all``: every workload above with its defaults, fanout with ``--baseline``.
+- ``all``: every workload above with its defaults, fanout and latency with ``--baseline``.
 
 The relay runs in its own process (bench/relay_runner.py, a fresh one for every
 measurement, always stopped by its pid); publisher and viewers run in this process, except
@@ -64,7 +66,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -594,17 +596,18 @@ class Pump:
 
 
 class Pacer:
-    """Publishes a group of ``per_group`` stamped objects ``groups_per_second`` times a second."""
+    """Publishes a group of ``per_group`` stamped objects ``groups_per_second`` times a second
+    through ``sink`` (a relay track or a baseline publisher)."""
 
     def __init__(
         self,
         reactor: Any,
-        track: TrackPublisher,
+        sink: Sink,
         groups_per_second: float,
         per_group: int,
         size: int,
     ) -> None:
-        self.track = track
+        self.sink = sink
         self.per_group = per_group
         self.size = size
         self.group = 0
@@ -621,11 +624,11 @@ class Pacer:
             self.loop.stop()
 
     def _tick(self) -> None:
+        last = self.per_group - 1
         for obj in range(self.per_group):
             payload = stamped_payload(self.sent, self.size, time.time_ns())
-            self.track.send_object(self.group, obj, payload)
+            self.sink.send(self.group, obj, payload, obj == last)
             self.sent += 1
-        self.track.end_subgroup(self.group)
         self.group += 1
 
 
@@ -836,6 +839,31 @@ async def fanout_run(
         await close_clients(reactor, clients)
 
 
+async def baseline_probes(
+    reactor: Any,
+    connect_one: Callable[..., Coroutine[Any, Any, BaselineClient | QuicBaselineClient]],
+    port: int,
+    clients: list[BaselineClient | QuicBaselineClient],
+    counters: list[Viewer],
+    count: int,
+) -> None:
+    """``count`` more baseline viewers, ``CONNECT_BATCH`` at a time, each counted by a Viewer."""
+    for start in range(0, count, CONNECT_BATCH):
+        batch = [Viewer() for _ in range(min(CONNECT_BATCH, count - start))]
+        clients.extend(
+            await gatherResults(
+                [
+                    Deferred.fromCoroutine(
+                        connect_one(reactor, port, publisher=False, on_message=v.received)
+                    )
+                    for v in batch
+                ],
+                consumeErrors=True,
+            )
+        )
+        counters.extend(batch)
+
+
 async def baseline_fanout_run(
     reactor: Any,
     target: Target,
@@ -863,23 +891,7 @@ async def baseline_fanout_run(
         pub = await connect_one(reactor, port, publisher=True)
         clients.append(pub)
         counters: list[Viewer] = []
-
-        async def add_probes(count: int) -> None:
-            for start in range(0, count, CONNECT_BATCH):
-                batch = [Viewer() for _ in range(min(CONNECT_BATCH, count - start))]
-                clients.extend(
-                    await gatherResults(
-                        [
-                            Deferred.fromCoroutine(
-                                connect_one(reactor, port, publisher=False, on_message=v.received)
-                            )
-                            for v in batch
-                        ],
-                        consumeErrors=True,
-                    )
-                )
-                counters.extend(batch)
-
+        add_probes = partial(baseline_probes, reactor, connect_one, port, clients, counters)
         sink = await probes_and_sinks(
             reactor, "baseline", target.tcp_port, probes, sunk, OBJECT_SIZE, add_probes
         )
@@ -943,39 +955,96 @@ async def latency_run(
         sink = await probes_and_sinks(
             reactor, "relay", target.tcp_port, probes, sunk, LATENCY_SIZE, add_probes
         )
-        pacer = Pacer(reactor, track, LATENCY_GROUPS_PER_SECOND, LATENCY_PER_GROUP, LATENCY_SIZE)
-        pacer.start()
-        await sleep(reactor, 1.0)
-        for v in counters:
-            v.recording = True
-        window = Window(target.pid, counters, sink)
-        await window.open(reactor)
-        await sleep(reactor, seconds)
-        figures = await window.close(reactor)
-        for v in counters:
-            v.recording = False
-        pacer.stop()
-        delivered = await drain(reactor, counters, pacer.sent, sink)
-        latencies = [ms for v in counters for ms in v.latencies]
-        result = {
-            "p50": percentile(latencies, 0.5),
-            "p99": percentile(latencies, 0.99),
-            "max": max(latencies, default=float("nan")),
-            "mbit_s": figures["mbit_s"],
-            "lost": sum(v.lost() for v in counters),
-            "delivered_pct": 100 * delivered / (pacer.sent * viewers) if pacer.sent else 0,
-            "relay_cpu": figures["relay_cpu"],
-            "load_cpu": figures["load_cpu"],
-        }
-        if "sink_cpu" in figures:
-            result["sink_cpu"] = figures["sink_cpu"]
-        return result
+        pacer = Pacer(
+            reactor,
+            MoqtSink(pub, track),
+            LATENCY_GROUPS_PER_SECOND,
+            LATENCY_PER_GROUP,
+            LATENCY_SIZE,
+        )
+        return await time_paced(reactor, target, pacer, counters, sink, viewers, seconds)
     finally:
         if pacer is not None:
             pacer.stop()
         if sink is not None:
             await sink.stop(reactor)
         await close_clients(reactor, clients)
+
+
+async def time_paced(
+    reactor: Any,
+    target: Target,
+    pacer: Pacer,
+    counters: list[Viewer],
+    sink: SinkProcess | None,
+    viewers: int,
+    seconds: float,
+) -> Figures:
+    """Run ``pacer`` for 1 s, then time ``seconds`` of it; latency percentiles in ms."""
+    pacer.start()
+    await sleep(reactor, 1.0)
+    for v in counters:
+        v.recording = True
+    window = Window(target.pid, counters, sink)
+    await window.open(reactor)
+    await sleep(reactor, seconds)
+    figures = await window.close(reactor)
+    for v in counters:
+        v.recording = False
+    pacer.stop()
+    delivered = await drain(reactor, counters, pacer.sent, sink)
+    latencies = [ms for v in counters for ms in v.latencies]
+    result = {
+        "p50": percentile(latencies, 0.5),
+        "p99": percentile(latencies, 0.99),
+        "max": max(latencies, default=float("nan")),
+        "mbit_s": figures["mbit_s"],
+        "lost": sum(v.lost() for v in counters),
+        "delivered_pct": 100 * delivered / (pacer.sent * viewers) if pacer.sent else 0,
+        "relay_cpu": figures["relay_cpu"],
+        "load_cpu": figures["load_cpu"],
+    }
+    if "sink_cpu" in figures:
+        result["sink_cpu"] = figures["sink_cpu"]
+    return result
+
+
+async def baseline_latency_run(
+    reactor: Any, target: Target, viewers: int, seconds: float, *, sinks: bool = False
+) -> Figures:
+    """The same paced track as `latency_run` over ws, through the minimal WebSocket fan-out."""
+    probes, sunk = split_viewers(viewers, sinks)
+    clients: list[BaselineClient | QuicBaselineClient] = []
+    pacer: Pacer | None = None
+    sink: SinkProcess | None = None
+    try:
+        pub = await connect_baseline(reactor, target.tcp_port, publisher=True)
+        clients.append(pub)
+        counters: list[Viewer] = []
+        add_probes = partial(
+            baseline_probes, reactor, connect_baseline, target.tcp_port, clients, counters
+        )
+        sink = await probes_and_sinks(
+            reactor, "baseline", target.tcp_port, probes, sunk, LATENCY_SIZE, add_probes
+        )
+        # The server registers a viewer when its upgrade completes, before the client sees it.
+        await sleep(reactor, 0.2)
+        pacer = Pacer(
+            reactor,
+            BaselineSink(pub),
+            LATENCY_GROUPS_PER_SECOND,
+            LATENCY_PER_GROUP,
+            LATENCY_SIZE,
+        )
+        return await time_paced(reactor, target, pacer, counters, sink, viewers, seconds)
+    finally:
+        if pacer is not None:
+            pacer.stop()
+        if sink is not None:
+            await sink.stop(reactor)
+        for client in clients:
+            client.close()
+        await wait_until(reactor, lambda: all(c.closed.called for c in clients), timeout=10.0)
 
 
 async def memory_run(reactor: Any, target: Target, transport: str, viewers: int) -> Figures:
@@ -1078,7 +1147,7 @@ async def teardown_run(
             if time.monotonic() > deadline:
                 raise RuntimeError("the relay never opened every held subgroup")
             await sleep(reactor, 0.05)
-        pacer = Pacer(reactor, pulse, 100, 1, 1024)
+        pacer = Pacer(reactor, MoqtSink(pulse_pub, pulse), 100, 1, 1024)
         pacer.start()
         await sleep(reactor, 0.5)
         for v in stay:
@@ -1452,8 +1521,11 @@ async def latency_section(
     seconds: float,
     runs: int,
     sinks: bool = False,
-) -> Section:
-    """Every latency run; with ``sinks``, the ws runs use sinks."""
+    baseline: bool = False,
+) -> list[Section]:
+    """Every latency run; with ``sinks``, the ws runs use sinks; with ``baseline``, the ws
+    runs alternate with the minimal WebSocket fan-out, and a second section gives what the
+    relay adds to its latency, run by run."""
     sinks = sinks and "ws" in transports
     columns = [
         Column("p50", "p50 ms", "{:.1f}"),
@@ -1485,26 +1557,53 @@ async def latency_section(
         with_sink_cpu(columns) if sinks else columns,
         notes=notes,
     )
+    added = Section(
+        "latency over ws: added by the relay (relay minus minimal WebSocket fan-out, run by run)",
+        [
+            Column("p50", "p50 added ms", "{:.1f}"),
+            Column("p99", "p99 added ms", "{:.1f}"),
+            Column("max", "max added ms", "{:.1f}"),
+        ],
+    )
     for transport in transports:
         use_sinks = sinks and transport == "ws"
-        rows = [Row(f"{transport}, {viewers_label(transport, viewers, sinks)}")]
+        relay_row = Row(f"{transport}, {viewers_label(transport, viewers, sinks)}")
+        rows = [relay_row]
         if transport == "ws":
-            rows.append(Row(f"{rows[0].label}, no gc.freeze"))
+            rows.append(Row(f"{relay_row.label}, no gc.freeze"))
+        base_row = Row(f"baseline {relay_row.label}")
+        added_row = Row(relay_row.label)
+        if baseline and transport == "ws":
+            rows.append(base_row)
+            added.rows.append(added_row)
         section.rows += rows
         for _ in range(runs):
             for row in rows:
+                if row is base_row:
 
-                async def work(
-                    target: Target, transport: str = transport, use_sinks: bool = use_sinks
-                ) -> Figures:
-                    return await latency_run(
-                        reactor, target, transport, viewers, seconds, sinks=use_sinks
+                    async def base_work(target: Target, use_sinks: bool = use_sinks) -> Figures:
+                        return await baseline_latency_run(
+                            reactor, target, viewers, seconds, sinks=use_sinks
+                        )
+
+                    row.runs.append(await with_process(start_baseline, base_work))
+                    figures = relay_row.runs[-1]
+                    added_row.runs.append(
+                        {key: figures[key] - row.runs[-1][key] for key in ("p50", "p99", "max")}
                     )
+                else:
 
-                start = partial(start_relay, gc_freeze=row is rows[0])
-                row.runs.append(await with_process(start, work))
+                    async def work(
+                        target: Target, transport: str = transport, use_sinks: bool = use_sinks
+                    ) -> Figures:
+                        return await latency_run(
+                            reactor, target, transport, viewers, seconds, sinks=use_sinks
+                        )
+
+                    start = partial(start_relay, gc_freeze=row is relay_row)
+                    row.runs.append(await with_process(start, work))
                 _progress(row.label, row.runs[-1])
-    return section
+    return [section, added] if added.rows else [section]
 
 
 async def memory_section(reactor: Any, transports: list[str], viewers: int, runs: int) -> Section:
@@ -1691,15 +1790,14 @@ async def run(reactor: Any, args: argparse.Namespace) -> tuple[list[Section], st
                 args.sinks,
             )
         elif workload == "latency":
-            sections.append(
-                await latency_section(
-                    reactor,
-                    chosen or ["ws"],
-                    args.viewers or 100,
-                    args.seconds,
-                    args.runs,
-                    args.sinks,
-                )
+            sections += await latency_section(
+                reactor,
+                chosen or ["ws"],
+                args.viewers or 100,
+                args.seconds,
+                args.runs,
+                args.sinks,
+                args.baseline or args.workload == "all",
             )
         elif workload == "memory":
             sections.append(

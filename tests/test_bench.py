@@ -71,6 +71,18 @@ class FanOutSmokeTests(TestCase):
         self.assertEqual(figures["delivered"], 600)
         self.assertEqual(relay_bench.Child.live, set())
 
+    async def test_baseline_latency_times_every_object(self) -> None:
+        endpoint = SSL4ServerEndpoint(
+            reactor, 0, tls_context_factory([CHAIN]), interface="127.0.0.1"
+        )
+        port: IListeningPort = await endpoint.listen(fanout_server_factory(reactor))
+        self.addCleanup(port.stopListening)
+        target = relay_bench.Target(getattr(port.getHost(), "port", 0), 0, os.getpid())
+        figures = await relay_bench.baseline_latency_run(reactor, target, 2, 0.3)
+        self.assertEqual(figures["delivered_pct"], 100)
+        self.assertEqual(figures["lost"], 0)
+        self.assertTrue(0 < figures["p50"] <= figures["p99"] <= figures["max"])
+
     async def test_baseline_fanout_delivers_every_message(self) -> None:
         endpoint = SSL4ServerEndpoint(
             reactor, 0, tls_context_factory([CHAIN]), interface="127.0.0.1"

@@ -1840,7 +1840,12 @@ def results_markdown(
         f"- Command: `{command}`",
         f"- Median of {args.runs} runs; the relay in its own process, publisher and viewers "
         "in one other process"
-        + (", except the sinks (ws), in a third one." if uses_sinks(args) else "."),
+        + (", except the sinks (ws), in a third one" if uses_sinks(args) else "")
+        + (
+            ", and the teardown's leavers in a process of their own."
+            if args.workload in ("teardown", "all")
+            else "."
+        ),
         "",
     ]
     body = "\n".join(s.markdown() for s in sections)

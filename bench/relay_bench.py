@@ -1749,7 +1749,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--baseline",
         action="store_true",
-        help="fanout over ws and quic: also the minimal fan-out without MoQT",
+        help="fanout (ws, quic) and latency (ws): also the minimal fan-out without MoQT",
     )
     p.add_argument("--profile", action="store_true", help="fanout: one run under cProfile")
     p.add_argument(

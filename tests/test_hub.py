@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from moqrelay.auth import Authorizer, encode_token_struct
 from moqrelay.client.api import MoqtClient, ReceivedObject, RequestRejected
 from moqrelay.client.token import make_token
-from moqrelay.relay.hub import RelayConfig
+from moqrelay.relay.hub import _HANDLERS, RelayConfig, RelayPeer
 from moqrelay.session import SessionLimits
 from moqrelay.wire import control as c
 from moqrelay.wire.data import FetchObject
@@ -209,6 +209,30 @@ class FlatTeardownTests(SynchronousTestCase):
         settle(self.clock)
         self.assertEqual(len(stay.objects), 10_001)
         self.assertEqual(stay.objects[-1].payload, b"after")
+
+    def test_a_vanished_viewers_streams_are_freed_without_the_garbage_collector(self) -> None:
+        """Downstream streams and their transport streams are unlinked at teardown, so that
+        reference counting frees them at once (a mass disconnect leaves the collector less
+        to do in one pause)."""
+        leaver, leaver_side, relay_side = self.world.connect()
+        leaver.subscribe(NS, b"video", Recorder())
+        settle(self.clock)
+        self.open_subgroups(0, 10)
+        (sub,) = relay_side.handler.app.subscriptions.values()  # type: ignore[union-attr]
+        refs = [weakref.ref(downstream) for downstream in sub.streams.values()]
+        refs += [weakref.ref(downstream.stream) for downstream in sub.streams.values()]
+        self.assertEqual(len(refs), 20)
+        del sub, relay_side
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        leaver_side.abort()
+        settle(self.clock)
+        self.assertEqual([r for r in refs if r() is not None], [])
+
+    def test_every_control_message_handler_exists(self) -> None:
+        for name in _HANDLERS.values():
+            self.assertTrue(callable(getattr(RelayPeer, name, None)), name)
 
     def test_publisher_with_10000_open_subgroups_vanishes(self) -> None:
         viewers = []

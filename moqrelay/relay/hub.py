@@ -15,10 +15,8 @@ session with any number of children is torn down in bounded steps.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -411,34 +409,6 @@ class RelayPeer:
         self.fetches_out: dict[int, ForwardedFetch] = {}
         # TRACK_STATUS forwarded upstream for a viewer: our request id -> (viewer, its id).
         self.status_requests: dict[int, tuple[RelayPeer, int]] = {}
-        self._handlers: dict[type, Callable[[Any], None]] = {
-            c.PublishNamespace: self._on_publish_namespace,
-            c.PublishNamespaceDone: self._on_publish_namespace_done,
-            c.PublishNamespaceOk: self._ignore,
-            c.PublishNamespaceError: self._on_publish_namespace_error,
-            c.PublishNamespaceCancel: self._on_publish_namespace_cancel,
-            c.Subscribe: self._on_subscribe,
-            c.Unsubscribe: self._on_unsubscribe,
-            c.SubscribeUpdate: self._on_subscribe_update,
-            c.SubscribeOk: self._on_subscribe_ok,
-            c.SubscribeError: self._on_subscribe_error,
-            c.PublishDone: self._on_publish_done,
-            c.Publish: self._on_publish,
-            c.PublishOk: self._on_publish_ok,
-            c.PublishError: self._on_publish_error,
-            c.Fetch: self._on_fetch,
-            c.FetchCancel: self._on_fetch_cancel,
-            c.FetchOk: self._on_fetch_answer,
-            c.FetchError: self._on_fetch_answer,
-            c.TrackStatus: self._on_track_status,
-            c.TrackStatusOk: self._on_track_status_answer,
-            c.TrackStatusError: self._on_track_status_answer,
-            c.SubscribeNamespace: self._on_subscribe_namespace,
-            c.SubscribeNamespaceOk: self._ignore,
-            c.SubscribeNamespaceError: self._ignore,
-            c.UnsubscribeNamespace: self._on_unsubscribe_namespace,
-            c.GoAway: self._on_goaway,
-        }
 
     @property
     def name(self) -> str:
@@ -462,10 +432,10 @@ class RelayPeer:
         )
 
     def control_message(self, msg: c.ControlMessage) -> None:
-        handler = self._handlers.get(type(msg))
-        if handler is None:
+        name = _HANDLERS.get(type(msg))
+        if name is None:
             raise ProtocolViolation(f"unexpected {type(msg).__name__} from a peer")
-        handler(msg)
+        getattr(self, name)(msg)
 
     def data_header(self, stream: IncomingData) -> None:
         header = stream.header
@@ -1050,3 +1020,36 @@ class RelayPeer:
 
     def _ignore(self, msg: c.ControlMessage) -> None:
         """Messages that need no action from this relay."""
+
+
+# The method that handles each control message type (by name, so that subclasses may
+# override it). One table for every peer: a per-peer dict of bound methods would tie each
+# peer into a reference cycle that only the garbage collector frees.
+_HANDLERS: dict[type, str] = {
+    c.PublishNamespace: "_on_publish_namespace",
+    c.PublishNamespaceDone: "_on_publish_namespace_done",
+    c.PublishNamespaceOk: "_ignore",
+    c.PublishNamespaceError: "_on_publish_namespace_error",
+    c.PublishNamespaceCancel: "_on_publish_namespace_cancel",
+    c.Subscribe: "_on_subscribe",
+    c.Unsubscribe: "_on_unsubscribe",
+    c.SubscribeUpdate: "_on_subscribe_update",
+    c.SubscribeOk: "_on_subscribe_ok",
+    c.SubscribeError: "_on_subscribe_error",
+    c.PublishDone: "_on_publish_done",
+    c.Publish: "_on_publish",
+    c.PublishOk: "_on_publish_ok",
+    c.PublishError: "_on_publish_error",
+    c.Fetch: "_on_fetch",
+    c.FetchCancel: "_on_fetch_cancel",
+    c.FetchOk: "_on_fetch_answer",
+    c.FetchError: "_on_fetch_answer",
+    c.TrackStatus: "_on_track_status",
+    c.TrackStatusOk: "_on_track_status_answer",
+    c.TrackStatusError: "_on_track_status_answer",
+    c.SubscribeNamespace: "_on_subscribe_namespace",
+    c.SubscribeNamespaceOk: "_ignore",
+    c.SubscribeNamespaceError: "_ignore",
+    c.UnsubscribeNamespace: "_on_unsubscribe_namespace",
+    c.GoAway: "_on_goaway",
+}

@@ -160,6 +160,15 @@ class DownstreamStream:
             stream.set_receiver(None)
         self.subscription.stream_done(self)
 
+    def forget(self) -> None:
+        """The session is gone: drop the stream without a frame. Each stream holds its
+        receiver and each receiver its stream; unlinking them lets reference counting free
+        both now rather than leaving the pair to the garbage collector."""
+        self.done = True
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            stream.set_receiver(None)
+
     def abandon(self, code: int) -> None:
         """Stop serving this subgroup now (viewer too far behind, unsubscribed)."""
         if self.done:

@@ -272,7 +272,9 @@ class Subscription:
         self.state = Subscription.CLOSED
         self._cancel_timer()
         self.track.subscriptions.pop(self, None)
-        self.streams = {}
+        streams, self.streams = self.streams, {}
+        for downstream in streams.values():
+            downstream.forget()
         self.peer.relay.track_unwatched(self.track)
 
     def _cancel_timer(self) -> None:

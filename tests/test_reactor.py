@@ -137,6 +137,19 @@ class PacedLossTests(SynchronousTestCase):
         self.assertEqual(protocol.received, b"last words")
         protocol.reasons[0].trap(error.ConnectionDone)
 
+    def test_a_paused_reader_still_writing_that_is_reset_is_lost(self) -> None:
+        harness = Harness(self)
+        harness.connect(1)
+        (protocol,) = harness.protocols
+        assert protocol.transport is not None
+        protocol.transport.pauseProducing()  # type: ignore[attr-defined]
+        protocol.transport.write(b"x" * (8 << 20))
+        harness.turn()
+        harness.hang_up()
+        harness.turn_until(lambda: lost(harness.protocols) == 1)
+        protocol.reasons[0].trap(error.ConnectionLost)
+        self.assertEqual(harness.reactor.pending_losses(), 0)
+
     def test_writes_while_queued_neither_requeue_nor_lose_twice(self) -> None:
         harness = Harness(self)
         harness.cost = 1.0

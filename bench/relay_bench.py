@@ -775,6 +775,33 @@ async def drain(
 # -- workloads (one run each) ----------------------------------------------------
 
 
+async def relay_audience(
+    reactor: Any,
+    target: Target,
+    transport: str,
+    viewers: int,
+    sinks: bool,
+    size: int,
+    clients: list[MoqtClient],
+) -> tuple[MoqtClient, TrackPublisher, list[Viewer], SinkProcess | None]:
+    """A publisher of the bench track and ``viewers`` viewers subscribed to it: probes in
+    this process (their counters returned), the rest sinks of ``size``-byte objects when
+    ``sinks``. Every session joins ``clients``; the caller stops the sink process."""
+    url = target.url(transport)
+    probes, sunk = split_viewers(viewers, sinks)
+    pub, (track,) = await publisher(reactor, url, b"video")
+    clients.append(pub)
+    counters: list[Viewer] = []
+
+    async def add_probes(count: int) -> None:
+        counters.extend(await watchers(reactor, url, count, clients))
+
+    sink = await probes_and_sinks(
+        reactor, "relay", target.tcp_port, probes, sunk, size, add_probes
+    )
+    return pub, track, counters, sink
+
+
 async def fanout_run(
     reactor: Any,
     target: Target,
@@ -793,21 +820,12 @@ async def fanout_run(
     """
     if sinks and transport != "ws":
         raise ValueError("sinks are WebSocket viewers")
-    url = target.url(transport)
-    probes, sunk = split_viewers(viewers, sinks)
     clients: list[MoqtClient] = []
     pump: Pump | None = None
     sink: SinkProcess | None = None
     try:
-        pub, (track,) = await publisher(reactor, url, b"video")
-        clients.append(pub)
-        counters: list[Viewer] = []
-
-        async def add_probes(count: int) -> None:
-            counters.extend(await watchers(reactor, url, count, clients))
-
-        sink = await probes_and_sinks(
-            reactor, "relay", target.tcp_port, probes, sunk, OBJECT_SIZE, add_probes
+        pub, track, counters, sink = await relay_audience(
+            reactor, target, transport, viewers, sinks, OBJECT_SIZE, clients
         )
         pump = Pump(
             reactor,
@@ -939,21 +957,12 @@ async def latency_run(
     """
     if sinks and transport != "ws":
         raise ValueError("sinks are WebSocket viewers")
-    url = target.url(transport)
-    probes, sunk = split_viewers(viewers, sinks)
     clients: list[MoqtClient] = []
     pacer: Pacer | None = None
     sink: SinkProcess | None = None
     try:
-        pub, (track,) = await publisher(reactor, url, b"video")
-        clients.append(pub)
-        counters: list[Viewer] = []
-
-        async def add_probes(count: int) -> None:
-            counters.extend(await watchers(reactor, url, count, clients))
-
-        sink = await probes_and_sinks(
-            reactor, "relay", target.tcp_port, probes, sunk, LATENCY_SIZE, add_probes
+        pub, track, counters, sink = await relay_audience(
+            reactor, target, transport, viewers, sinks, LATENCY_SIZE, clients
         )
         pacer = Pacer(
             reactor,

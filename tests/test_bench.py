@@ -71,6 +71,13 @@ class FanOutSmokeTests(TestCase):
         self.assertEqual(figures["delivered"], 600)
         self.assertEqual(relay_bench.Child.live, set())
 
+    async def test_latency_times_every_object(self) -> None:
+        target = await self.start_relay()
+        figures = await relay_bench.latency_run(reactor, target, "ws", 2, 0.3)
+        self.assertEqual(figures["delivered_pct"], 100)
+        self.assertEqual(figures["lost"], 0)
+        self.assertTrue(0 < figures["p50"] <= figures["p99"] <= figures["max"])
+
     async def test_baseline_latency_times_every_object(self) -> None:
         endpoint = SSL4ServerEndpoint(
             reactor, 0, tls_context_factory([CHAIN]), interface="127.0.0.1"

@@ -7,7 +7,7 @@ depth of a teardown is constant whatever the size of the tree: a session with
 100,000 subgroup streams is torn down by 100 reactor turns, not by 100,000
 nested calls.
 
-A batch also ends once it has used its time budget (5 ms by default), so that a
+A batch also ends once it has used its time budget (2 ms by default), so that a
 mass disconnect is reaped between the reactor's polls rather than in one long
 turn that the viewers who stay would see as latency.
 """

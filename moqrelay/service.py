@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import signal
 import socket
+import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -137,11 +138,13 @@ def set_udp_buffers(udp_socket: socket.socket, size: int) -> tuple[int, int]:
     Linux caps the sizes at net.core.rmem_max / wmem_max (and reports them doubled).
     """
     granted = []
+    # Linux reports twice the size it grants (the rest is its bookkeeping allowance).
+    reported = size * 2 if sys.platform.startswith("linux") else size
     for option, sysctl in ((socket.SO_RCVBUF, "rmem_max"), (socket.SO_SNDBUF, "wmem_max")):
         udp_socket.setsockopt(socket.SOL_SOCKET, option, size)
         got = udp_socket.getsockopt(socket.SOL_SOCKET, option)
         granted.append(got)
-        if got < size:
+        if got < reported:
             _log.warn(
                 "the UDP socket got a {got}-byte buffer, not the {size} asked for "
                 "(--udp-buffer): raise net.core.{sysctl} so that bursts of datagrams are "

@@ -734,6 +734,19 @@ class UdpBufferTests(SynchronousTestCase):
         self.assertIn("net.core.rmem_max", warnings[0])
         self.assertIn("net.core.wmem_max", warnings[1])
 
+    def test_a_buffer_just_above_the_cap_is_a_warning_too(self) -> None:
+        """Linux reports twice what it grants: a cap just under the size asked for must
+        still be noticed."""
+        try:
+            with open("/proc/sys/net/core/rmem_max") as f:
+                rmem_max = int(f.read())
+        except OSError:
+            raise SkipTest("no /proc/sys/net/core/rmem_max (not Linux)") from None
+        with capturedLogs() as events:
+            set_udp_buffers(self.udp_socket(), rmem_max + 4096)
+        warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+        self.assertTrue(any("net.core.rmem_max" in w for w in warnings), warnings)
+
     def test_the_relay_asks_for_its_udp_buffer(self) -> None:
         options = tap.Options()
         options.parseOptions(["--dev", "--bind", "127.0.0.1:0", "--udp-buffer", "65536"])

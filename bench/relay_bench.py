@@ -71,6 +71,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import IO, Any, TypeVar, cast
+from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -663,7 +664,17 @@ async def subscribe_all(
         )
 
 
-async def close_clients(reactor: Any, clients: list[MoqtClient]) -> None:
+class Closable(TypingProtocol):
+    """A client session of the harness: ours (`MoqtClient`) or a baseline's."""
+
+    @property
+    def closed(self) -> Deferred[Any]: ...
+
+    def close(self) -> None: ...
+
+
+async def close_clients(reactor: Any, clients: Sequence[Closable]) -> None:
+    """Close every client not closed yet, and wait (10 s at most) until all are."""
     for client in clients:
         if not client.closed.called:
             client.close()
@@ -787,6 +798,8 @@ async def relay_audience(
     """A publisher of the bench track and ``viewers`` viewers subscribed to it: probes in
     this process (their counters returned), the rest sinks of ``size``-byte objects when
     ``sinks``. Every session joins ``clients``; the caller stops the sink process."""
+    if sinks and transport != "ws":
+        raise ValueError("sinks are WebSocket viewers")
     url = target.url(transport)
     probes, sunk = split_viewers(viewers, sinks)
     pub, (track,) = await publisher(reactor, url, b"video")
@@ -818,8 +831,6 @@ async def fanout_run(
     With ``sinks`` (ws only), all viewers but the probes (`split_viewers`) are sinks
     (bench/sinks.py).
     """
-    if sinks and transport != "ws":
-        raise ValueError("sinks are WebSocket viewers")
     clients: list[MoqtClient] = []
     pump: Pump | None = None
     sink: SinkProcess | None = None
@@ -882,6 +893,39 @@ async def baseline_probes(
         counters.extend(batch)
 
 
+async def baseline_audience(
+    reactor: Any,
+    target: Target,
+    transport: str,
+    viewers: int,
+    sinks: bool,
+    size: int,
+    clients: list[BaselineClient | QuicBaselineClient],
+) -> tuple[Sink, list[Viewer], SinkProcess | None]:
+    """`relay_audience` for the minimal fan-out of ``transport`` (ws or quic): a publisher
+    (returned as the sink to publish through) and ``viewers`` viewers, ready to receive."""
+    if transport not in ("ws", "quic"):
+        raise ValueError(f"no {transport} baseline")
+    if sinks and transport != "ws":
+        raise ValueError("sinks are WebSocket viewers")
+    probes, sunk = split_viewers(viewers, sinks)
+    connect_one = connect_baseline if transport == "ws" else connect_quic_baseline
+    port = target.tcp_port if transport == "ws" else target.udp_port
+    pub = await connect_one(reactor, port, publisher=True)
+    clients.append(pub)
+    counters: list[Viewer] = []
+    add_probes = partial(baseline_probes, reactor, connect_one, port, clients, counters)
+    sink = await probes_and_sinks(
+        reactor, "baseline", target.tcp_port, probes, sunk, size, add_probes
+    )
+    if isinstance(pub, QuicBaselineClient):
+        # A QUIC baseline viewer is ready once the server has registered it.
+        return QuicBaselineSink(pub), counters, sink
+    # The server registers a viewer when its upgrade completes, before the client sees it.
+    await sleep(reactor, 0.2)
+    return BaselineSink(pub), counters, sink
+
+
 async def baseline_fanout_run(
     reactor: Any,
     target: Target,
@@ -895,32 +939,13 @@ async def baseline_fanout_run(
 ) -> Figures:
     """The same load as `fanout_run` over ``transport`` (ws or quic), against the minimal
     fan-out of that transport (bench/baselines.py)."""
-    if transport not in ("ws", "quic"):
-        raise ValueError(f"no {transport} baseline")
-    if sinks and transport != "ws":
-        raise ValueError("sinks are WebSocket viewers")
-    probes, sunk = split_viewers(viewers, sinks)
-    connect_one = connect_baseline if transport == "ws" else connect_quic_baseline
-    port = target.tcp_port if transport == "ws" else target.udp_port
     clients: list[BaselineClient | QuicBaselineClient] = []
     pump: Pump | None = None
     sink: SinkProcess | None = None
     try:
-        pub = await connect_one(reactor, port, publisher=True)
-        clients.append(pub)
-        counters: list[Viewer] = []
-        add_probes = partial(baseline_probes, reactor, connect_one, port, clients, counters)
-        sink = await probes_and_sinks(
-            reactor, "baseline", target.tcp_port, probes, sunk, OBJECT_SIZE, add_probes
+        publishing, counters, sink = await baseline_audience(
+            reactor, target, transport, viewers, sinks, OBJECT_SIZE, clients
         )
-        publishing: Sink
-        if isinstance(pub, BaselineClient):
-            # The server registers a viewer when its upgrade completes, before the client
-            # sees it. (A QUIC baseline viewer is ready once the server has registered it.)
-            await sleep(reactor, 0.2)
-            publishing = BaselineSink(pub)
-        else:
-            publishing = QuicBaselineSink(pub)
         pump = Pump(reactor, publishing, OBJECT_SIZE, GROUP_SIZE, viewers=counters, limit=limit)
         pump.start()
         await sleep(reactor, warmup)
@@ -937,9 +962,7 @@ async def baseline_fanout_run(
             pump.stop()
         if sink is not None:
             await sink.stop(reactor)
-        for client in clients:
-            client.close()
-        await wait_until(reactor, lambda: all(c.closed.called for c in clients), timeout=10.0)
+        await close_clients(reactor, clients)
 
 
 async def latency_run(
@@ -955,8 +978,6 @@ async def latency_run(
 
     With ``sinks`` (ws only), only the probes (`split_viewers`) time and count losses.
     """
-    if sinks and transport != "ws":
-        raise ValueError("sinks are WebSocket viewers")
     clients: list[MoqtClient] = []
     pacer: Pacer | None = None
     sink: SinkProcess | None = None
@@ -1022,25 +1043,16 @@ async def baseline_latency_run(
     reactor: Any, target: Target, viewers: int, seconds: float, *, sinks: bool = False
 ) -> Figures:
     """The same paced track as `latency_run` over ws, through the minimal WebSocket fan-out."""
-    probes, sunk = split_viewers(viewers, sinks)
     clients: list[BaselineClient | QuicBaselineClient] = []
     pacer: Pacer | None = None
     sink: SinkProcess | None = None
     try:
-        pub = await connect_baseline(reactor, target.tcp_port, publisher=True)
-        clients.append(pub)
-        counters: list[Viewer] = []
-        add_probes = partial(
-            baseline_probes, reactor, connect_baseline, target.tcp_port, clients, counters
+        publishing, counters, sink = await baseline_audience(
+            reactor, target, "ws", viewers, sinks, LATENCY_SIZE, clients
         )
-        sink = await probes_and_sinks(
-            reactor, "baseline", target.tcp_port, probes, sunk, LATENCY_SIZE, add_probes
-        )
-        # The server registers a viewer when its upgrade completes, before the client sees it.
-        await sleep(reactor, 0.2)
         pacer = Pacer(
             reactor,
-            BaselineSink(pub),
+            publishing,
             LATENCY_GROUPS_PER_SECOND,
             LATENCY_PER_GROUP,
             LATENCY_SIZE,
@@ -1051,9 +1063,7 @@ async def baseline_latency_run(
             pacer.stop()
         if sink is not None:
             await sink.stop(reactor)
-        for client in clients:
-            client.close()
-        await wait_until(reactor, lambda: all(c.closed.called for c in clients), timeout=10.0)
+        await close_clients(reactor, clients)
 
 
 async def memory_run(reactor: Any, target: Target, transport: str, viewers: int) -> Figures:

@@ -846,26 +846,11 @@ async def fanout_run(
             viewers=counters,
             limit=limit,
         )
-        pump.start()
-        await sleep(reactor, warmup)
-        window = Window(target.pid, counters, sink)
-        await window.open(reactor)
-        await sleep(reactor, seconds)
-        figures = await window.close(reactor)
-        pump.stop()
-        if pub.closed.called:
-            raise RuntimeError(f"the publisher's session ended: {pub.closed.result}")
-        delivered = await drain(reactor, counters, pump.sent, sink)
-        figures["sent"] = pump.sent
-        figures["delivered"] = delivered
-        figures["delivered_pct"] = 100 * delivered / (pump.sent * viewers) if pump.sent else 0
-        return figures
+        return await time_pumped(
+            reactor, target, pump, pub, counters, sink, viewers, seconds, warmup
+        )
     finally:
-        if pump is not None:
-            pump.stop()
-        if sink is not None:
-            await sink.stop(reactor)
-        await close_clients(reactor, clients)
+        await wind_down(reactor, pump, sink, clients)
 
 
 async def baseline_probes(
@@ -947,22 +932,11 @@ async def baseline_fanout_run(
             reactor, target, transport, viewers, sinks, OBJECT_SIZE, clients
         )
         pump = Pump(reactor, publishing, OBJECT_SIZE, GROUP_SIZE, viewers=counters, limit=limit)
-        pump.start()
-        await sleep(reactor, warmup)
-        window = Window(target.pid, counters, sink)
-        await window.open(reactor)
-        await sleep(reactor, seconds)
-        figures = await window.close(reactor)
-        pump.stop()
-        delivered = await drain(reactor, counters, pump.sent, sink)
-        figures["delivered_pct"] = 100 * delivered / (pump.sent * viewers) if pump.sent else 0
-        return figures
+        return await time_pumped(
+            reactor, target, pump, clients[0], counters, sink, viewers, seconds, warmup
+        )
     finally:
-        if pump is not None:
-            pump.stop()
-        if sink is not None:
-            await sink.stop(reactor)
-        await close_clients(reactor, clients)
+        await wind_down(reactor, pump, sink, clients)
 
 
 async def latency_run(
@@ -994,11 +968,50 @@ async def latency_run(
         )
         return await time_paced(reactor, target, pacer, counters, sink, viewers, seconds)
     finally:
-        if pacer is not None:
-            pacer.stop()
-        if sink is not None:
-            await sink.stop(reactor)
-        await close_clients(reactor, clients)
+        await wind_down(reactor, pacer, sink, clients)
+
+
+async def time_pumped(
+    reactor: Any,
+    target: Target,
+    pump: Pump,
+    publisher: Closable,
+    counters: list[Viewer],
+    sink: SinkProcess | None,
+    viewers: int,
+    seconds: float,
+    warmup: float,
+) -> Figures:
+    """Run ``pump`` for ``warmup`` s, then time ``seconds`` of it; throughput figures, and
+    what was sent and delivered once the viewers have drained."""
+    pump.start()
+    await sleep(reactor, warmup)
+    window = Window(target.pid, counters, sink)
+    await window.open(reactor)
+    await sleep(reactor, seconds)
+    figures = await window.close(reactor)
+    pump.stop()
+    if publisher.closed.called:
+        raise RuntimeError(f"the publisher's session ended: {publisher.closed.result}")
+    delivered = await drain(reactor, counters, pump.sent, sink)
+    figures["sent"] = pump.sent
+    figures["delivered"] = delivered
+    figures["delivered_pct"] = 100 * delivered / (pump.sent * viewers) if pump.sent else 0
+    return figures
+
+
+async def wind_down(
+    reactor: Any,
+    source: Pump | Pacer | None,
+    sink: SinkProcess | None,
+    clients: Sequence[Closable],
+) -> None:
+    """After a run, whatever happened: stop publishing, stop the sinks, close the clients."""
+    if source is not None:
+        source.stop()
+    if sink is not None:
+        await sink.stop(reactor)
+    await close_clients(reactor, clients)
 
 
 async def time_paced(
@@ -1059,11 +1072,7 @@ async def baseline_latency_run(
         )
         return await time_paced(reactor, target, pacer, counters, sink, viewers, seconds)
     finally:
-        if pacer is not None:
-            pacer.stop()
-        if sink is not None:
-            await sink.stop(reactor)
-        await close_clients(reactor, clients)
+        await wind_down(reactor, pacer, sink, clients)
 
 
 async def memory_run(reactor: Any, target: Target, transport: str, viewers: int) -> Figures:

@@ -53,7 +53,7 @@ from twisted.internet.interfaces import IDelayedCall, IListeningPort, IPushProdu
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from moqrelay.relay.hub import RelayConfig
+from moqrelay.relay.config import RelayConfig
 from moqrelay.tls import CertificateChain, generate_dev_chain
 from moqrelay.transport.interfaces import (
     ISessionHandler,

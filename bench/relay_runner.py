@@ -34,7 +34,8 @@ from twisted.web.server import Request, Site
 
 from moqrelay.reactor import PacedEPollReactor
 from moqrelay.reactor import install as install_paced_reactor
-from moqrelay.relay.hub import Relay, RelayConfig
+from moqrelay.relay.config import RelayConfig
+from moqrelay.relay.hub import Relay
 from moqrelay.service import RelayService, freeze_startup_objects
 from moqrelay.session import SessionLimits
 from moqrelay.tls import generate_dev_chain

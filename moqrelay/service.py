@@ -24,7 +24,8 @@ from twisted.python.failure import Failure
 
 from moqrelay.auth import Authorizer
 from moqrelay.client.connect import open_transport
-from moqrelay.relay.hub import Relay, RelayConfig
+from moqrelay.relay.config import RelayConfig
+from moqrelay.relay.hub import Relay
 from moqrelay.relay.upstream import UpstreamLink
 from moqrelay.session import MoqtSession, SessionLimits
 from moqrelay.tls import CertificateChain, CertificateError, generate_dev_chain, load_chain

@@ -119,6 +119,16 @@ class SessionApp(Protocol):
 AppFactory = Callable[["MoqtSession"], SessionApp]
 
 
+class ControlChannel(Protocol):
+    """The control-message half of a session: what a module that only talks needs."""
+
+    def send(self, msg: c.ControlMessage) -> None:
+        """Send one control message."""
+
+    def send_request(self, make: Callable[[int], c.ControlMessage]) -> None:
+        """Send a new request once the peer's request window allows it."""
+
+
 @implementer(IStreamReceiver)
 class _ControlReceiver:
     def __init__(self, session: MoqtSession) -> None:

@@ -17,7 +17,9 @@ from moqrelay.client.api import (
     SessionLost,
     TrackPublisher,
 )
-from moqrelay.relay.hub import Relay, RelayConfig
+from moqrelay.relay.config import RelayConfig
+from moqrelay.relay.hub import Relay
+from moqrelay.relay.reaper import Reaper
 from moqrelay.session import MoqtSession, SessionLimits
 from moqrelay.testing import MemorySession, memory_session_pair
 from moqrelay.transport.interfaces import ITransportSession
@@ -43,9 +45,16 @@ class MemoryRelay:
         config: RelayConfig | None = None,
         limits: SessionLimits | None = None,
         authorizer: Authorizer | None = None,
+        reaper_budget: float | None = None,
     ) -> None:
         self.clock = Clock()
-        self.relay = Relay(self.clock, config, authorizer)
+        reaper = None
+        if reaper_budget is not None:
+            # A reaper whose timer advances one unit per reading: with a budget below
+            # one, each reactor turn runs exactly one closer, whatever the machine.
+            ticks = iter(range(1 << 62))
+            reaper = Reaper(self.clock, budget=reaper_budget, timer=lambda: float(next(ticks)))
+        self.relay = Relay(self.clock, config, authorizer, reaper)
         self.limits = limits
 
     def connect(

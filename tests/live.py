@@ -18,7 +18,7 @@ from twisted.trial.unittest import TestCase
 from moqrelay.auth import Authorizer
 from moqrelay.client.api import MoqtClient, TrackPublisher
 from moqrelay.client.connect import connect
-from moqrelay.relay.hub import RelayConfig
+from moqrelay.relay.config import RelayConfig
 from moqrelay.service import RelayService
 from moqrelay.session import SessionLimits
 from moqrelay.tls import generate_dev_chain

@@ -21,7 +21,7 @@ from bench import baselines, relay_bench
 from bench.baselines import FanOutServerProtocol, fanout_server_factory
 from bench.relay_runner import StatsResource, relay_stats
 from moqrelay.client.tools import stamped_payload
-from moqrelay.relay.hub import RelayConfig
+from moqrelay.relay.config import RelayConfig
 from moqrelay.service import RelayService
 from moqrelay.session import SessionLimits
 from moqrelay.tls import generate_dev_chain

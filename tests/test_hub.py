@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import weakref
 
 from twisted.internet.defer import Deferred
@@ -11,7 +12,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from moqrelay.auth import Authorizer, encode_token_struct
 from moqrelay.client.api import MoqtClient, ReceivedObject, RequestRejected
 from moqrelay.client.token import make_token
-from moqrelay.relay.hub import _HANDLERS, RelayConfig, RelayPeer
+from moqrelay.relay.config import RelayConfig
+from moqrelay.relay.peer import _HANDLERS, RelayPeer
+from moqrelay.relay.serve import DownstreamStream
+from moqrelay.relay.subscription import FORGET_CHUNK
 from moqrelay.session import SessionLimits
 from moqrelay.wire import control as c
 from moqrelay.wire.data import FetchObject
@@ -21,7 +25,7 @@ from moqrelay.wire.errors import (
     SubscribeErrorCode,
     SubscribeNamespaceErrorCode,
 )
-from tests.helpers import MemoryRelay, Recorder, recursion_headroom, settle
+from tests.helpers import MemoryRelay, Recorder, one_turn, recursion_headroom, settle
 
 NS = (b"live", b"demo")
 
@@ -283,6 +287,128 @@ class FlatTeardownTests(SynchronousTestCase):
         settle(self.clock)
         self.assertEqual(stay.objects[-1].payload, b"after")
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class SeedRegressionTests(SynchronousTestCase):
+    """The crash this relay exists to avoid, at full size: one viewer with 100,000 open
+    subgroup streams closes its tab."""
+
+    def test_viewer_with_100000_open_subgroups_vanishes(self) -> None:
+        world = MemoryRelay(limits=SessionLimits(max_incoming_streams=200_000))
+        clock = world.clock
+        publisher, _, _ = world.connect()
+        publisher.announce(NS)
+        settle(clock)
+        track = publisher.offer_track(NS, b"video")
+        stayer, _, _ = world.connect()
+        stay = Recorder()
+        stayer.subscribe(NS, b"video", stay)
+        leaver, leaver_side, relay_side = world.connect()
+        leaver.subscribe(NS, b"video", Recorder())
+        settle(clock)
+        for subgroup in range(100_000):
+            track.send_object(0, 0, b"x", subgroup_id=subgroup)
+        settle(clock)
+        (sub,) = relay_side.handler.app.subscriptions.values()  # type: ignore[union-attr]
+        self.assertEqual(len(sub.streams), 100_000)
+        refs = [weakref.ref(sub), weakref.ref(relay_side.handler)]
+        refs += [weakref.ref(stream) for stream in list(sub.streams.values())[::1000]]
+        del sub, relay_side
+        with recursion_headroom(50):
+            leaver_side.abort()
+            settle(clock)
+        gc.collect()
+        self.assertEqual([r for r in refs if r() is not None], [])
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(len(world.relay.peers), 2)
+        track.send_object(1, 0, b"after")
+        settle(clock)
+        self.assertEqual(len(stay.objects), 100_001)
+        self.assertEqual(stay.objects[-1].payload, b"after")
+
+
+class TeardownPerTurnTests(SynchronousTestCase):
+    """Teardown work is bounded per reactor turn, not only flat: with a reaper that runs
+    one closer per turn, every turn does at most one bounded step."""
+
+    def setUp(self) -> None:
+        self.world = MemoryRelay(
+            limits=SessionLimits(max_incoming_streams=20_000), reaper_budget=0.5
+        )
+        self.clock = self.world.clock
+        self.publisher, self.pub_side, _ = self.world.connect()
+        self.publisher.announce(NS)
+        settle(self.clock)
+        self.track = self.publisher.offer_track(NS, b"video")
+
+    def test_a_viewers_streams_are_forgotten_a_chunk_per_turn(self) -> None:
+        leaver, leaver_side, relay_side = self.world.connect()
+        leaver.subscribe(NS, b"video", Recorder())
+        settle(self.clock)
+        for subgroup in range(5000):
+            self.track.send_object(0, 0, b"x", subgroup_id=subgroup)
+        settle(self.clock)
+        (sub,) = relay_side.handler.app.subscriptions.values()  # type: ignore[union-attr]
+        left = [len(sub.streams)]
+        leaver_side.abort()
+        while one_turn(self.clock):
+            left.append(len(sub.streams))
+        steps = [before - after for before, after in itertools.pairwise(left)]
+        self.assertEqual(left[0], 5000)
+        self.assertEqual(left[-1], 0)
+        self.assertLessEqual(max(steps), FORGET_CHUNK)
+        self.assertGreaterEqual(len(steps), 5000 // FORGET_CHUNK)
+        self.assertEqual(self.track.subscribers, {})
+
+    def test_an_ended_track_ends_one_subscription_per_step(self) -> None:
+        viewers = []
+        for _ in range(20):
+            viewer, _, _ = self.world.connect()
+            d = viewer.subscribe(NS, b"video", Recorder())
+            settle(self.clock)
+            viewers.append(self.successResultOf(d))
+        for subgroup in range(50):
+            self.track.send_object(0, 0, b"x", subgroup_id=subgroup)
+        settle(self.clock)
+        pumps = [0]
+        pump = DownstreamStream.pump
+
+        def counting_pump(stream: DownstreamStream) -> None:
+            pumps[0] += 1
+            pump(stream)
+
+        self.patch(DownstreamStream, "pump", counting_pump)
+        self.pub_side.abort()
+        per_turn = []
+        while one_turn(self.clock):
+            per_turn.append(pumps[0])
+            pumps[0] = 0
+        # One subscription's 50 streams per turn, never the 20 x 50 of the whole track.
+        self.assertEqual(sum(per_turn), 20 * 50)
+        self.assertLessEqual(max(per_turn), 50)
+        settle(self.clock)
+        for sub in viewers:
+            self.assertEqual(self.successResultOf(sub.done).stream_count, 50)
+
+    def test_a_publishers_namespaces_are_withdrawn_one_per_step(self) -> None:
+        watcher, _, _ = self.world.connect()
+        d = watcher.subscribe_namespace((b"many",))
+        publisher, side, _ = self.world.connect()
+        for n in range(30):
+            publisher.announce((b"many", b"%d" % n))
+        settle(self.clock)
+        self.successResultOf(d)
+        self.assertEqual(len(watcher.discovered), 30)
+        side.abort()
+        # The registry forgets them at once: a restarted publisher may announce again.
+        one_turn(self.clock)
+        self.assertEqual(len(self.world.relay.namespaces), 1)
+        left = [len(watcher.discovered)]
+        while one_turn(self.clock):
+            left.append(len(watcher.discovered))
+        self.assertEqual(left[-1], 0)
+        steps = [before - after for before, after in itertools.pairwise(left)]
+        self.assertLessEqual(max(steps), 1)
 
 
 class PublishAndNamespaceTests(SynchronousTestCase):

@@ -32,7 +32,7 @@ from moqrelay.auth import Authorizer
 from moqrelay.client.api import MoqtClient, ReceivedObject, RequestRejected, TrackPublisher
 from moqrelay.client.connect import connect
 from moqrelay.client.token import make_token
-from moqrelay.relay.hub import RelayConfig
+from moqrelay.relay.config import RelayConfig
 from moqrelay.service import RelayService, set_udp_buffers
 from moqrelay.session import SessionLimits
 from moqrelay.tls import CertificateChain, generate_dev_chain

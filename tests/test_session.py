@@ -12,6 +12,8 @@ from zope.interface import implementer
 
 from moqrelay.client.api import TrackPublisher
 from moqrelay.relay.hub import Relay
+from moqrelay.relay.peer import RelayPeer
+from moqrelay.relay.subscription import Subscription
 from moqrelay.session import MoqtSession, SessionLimits
 from moqrelay.testing import MemorySession, memory_session_pair
 from moqrelay.transport.interfaces import (
@@ -385,7 +387,8 @@ class RandomSequenceTests(SynchronousTestCase):
         self.assertEqual(world.relay.reaper.pending(), 0)
         for key, live in world.relay.tracks.items():
             for sub in live.subscriptions:
-                self.assertIn(sub.peer, world.relay.peers, key)
+                assert isinstance(sub, Subscription)
+                self.assertIn(sub.viewer, world.relay.peers, key)
         d = watcher.announce((b"still", b"working"))
         settle(clock)
         self.successResultOf(d)
@@ -401,7 +404,7 @@ class RandomSequenceTests(SynchronousTestCase):
             self.assertFalse(peer.session.closed)
             for request_id, sub in peer.subscriptions.items():
                 self.assertEqual(sub.request_id, request_id)
-                self.assertIs(sub.peer, peer)
+                self.assertIs(sub.viewer, peer)
                 self.assertNotEqual(sub.state, "closed")
                 if sub.state in ("pending", "active"):
                     self.assertIn(sub, sub.track.subscriptions)
@@ -413,8 +416,9 @@ class RandomSequenceTests(SynchronousTestCase):
             self.assertEqual(track.key, key)
             self.assertNotEqual(track.state, "ended")
             self.assertIn(track.publisher, relay.peers)
-            for sub in track.subscriptions:
-                self.assertIs(sub.peer.subscriptions.get(sub.request_id), sub)
+            for viewer in track.subscriptions:
+                assert isinstance(viewer, Subscription) and isinstance(viewer.viewer, RelayPeer)
+                self.assertIs(viewer.viewer.subscriptions.get(viewer.request_id), viewer)
         for namespace, owner in relay.namespaces.items():
             self.assertIn(owner, relay.peers)
             self.assertIn(namespace, owner.namespaces)

@@ -1,8 +1,28 @@
-"""Relay layer: announced namespaces (who publishes what) and prefix lookup."""
+"""Relay layer: announced namespaces (who publishes what), prefix lookup and watchers.
+
+`NamespaceRegistry` maps each announced namespace to its publisher and finds
+the longest announced prefix of a track's namespace. `NamespaceDirectory`
+handles PUBLISH_NAMESPACE, PUBLISH_NAMESPACE_DONE, SUBSCRIBE_NAMESPACE and
+UNSUBSCRIBE_NAMESPACE for the relay: it tells watching peers and the
+--announce relay of every change, and withdraws a closed session's namespaces
+with the notifications queued on the reaper.
+"""
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from collections.abc import Iterable
+from functools import partial
+from typing import Generic, Protocol, TypeVar
+
+from twisted.logger import Logger
+
+from moqrelay.relay.reaper import Reaper
+from moqrelay.relay.tracks import Publisher, Track
+from moqrelay.session import ControlChannel
+from moqrelay.wire import control as c
+from moqrelay.wire.errors import NamespaceErrorCode, SubscribeNamespaceErrorCode
+
+_log = Logger()
 
 Namespace = tuple[bytes, ...]
 Owner = TypeVar("Owner")
@@ -58,3 +78,170 @@ class NamespaceRegistry(Generic[Owner]):
             if owner is not None:
                 return owner
         return None
+
+
+def is_prefix(prefix: Namespace, namespace: Namespace) -> bool:
+    """Whether ``prefix`` is a tuple prefix of (or equal to) ``namespace``."""
+    return namespace[: len(prefix)] == prefix
+
+
+def send_publish_namespace(session: ControlChannel, namespace: Namespace) -> None:
+    session.send_request(lambda request_id: c.PublishNamespace(request_id, namespace, []))
+
+
+class NamespacePeer(Publisher, Protocol):
+    """What the namespace directory asks of a peer (which publishes what it announces)."""
+
+    namespaces: set[Namespace]
+    namespace_subscriptions: dict[Namespace, int]
+
+    @property
+    def session(self) -> ControlChannel: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def is_relay(self) -> bool: ...
+
+    def may_see(self, namespace: Namespace) -> bool:
+        """Whether this peer's token lets it learn of ``namespace``."""
+
+    def offer(self, track: Track) -> None:
+        """PUBLISH the live ``track`` to this peer."""
+
+
+P = TypeVar("P", bound=NamespacePeer)
+
+
+class NamespaceDirectory(Generic[P]):
+    """Who announced what, who watches which prefixes, and the --announce relay.
+
+    A namespace announced by a local publisher is told to every peer whose
+    SUBSCRIBE_NAMESPACE covers it and to the --announce relay; one announced by
+    another relay is never sent upstream (no loops).
+    """
+
+    def __init__(self, reaper: Reaper, max_namespaces: int) -> None:
+        self.reaper = reaper
+        self.max_namespaces = max_namespaces
+        self.registry: NamespaceRegistry[P] = NamespaceRegistry()
+        # Peers with at least one SUBSCRIBE_NAMESPACE: the only ones scanned on a change.
+        self.watching: dict[P, None] = {}
+        # The --announce session, once its SETUP is done.
+        self.upstream: P | None = None
+
+    def lookup(self, namespace: Namespace) -> P | None:
+        return self.registry.lookup(namespace)
+
+    def watchers(self, namespace: Namespace, exclude: P | None) -> list[P]:
+        """Peers whose SUBSCRIBE_NAMESPACE covers ``namespace`` (and who may see it)."""
+        return [
+            peer
+            for peer in self.watching
+            if peer is not exclude
+            and any(is_prefix(prefix, namespace) for prefix in peer.namespace_subscriptions)
+            and peer.may_see(namespace)
+        ]
+
+    def announce(self, peer: P, msg: c.PublishNamespace) -> None:
+        """A PUBLISH_NAMESPACE the peer's token allows: register it or refuse it."""
+        namespace = msg.namespace
+        name = format_namespace(namespace)
+        if len(peer.namespaces) >= self.max_namespaces:
+            peer.session.send(
+                c.PublishNamespaceError(
+                    msg.request_id,
+                    NamespaceErrorCode.INTERNAL_ERROR,
+                    f"too many namespaces (limit {self.max_namespaces})",
+                )
+            )
+            return
+        if not self.registry.add(namespace, peer):
+            peer.session.send(
+                c.PublishNamespaceError(
+                    msg.request_id,
+                    NamespaceErrorCode.UNINTERESTED,
+                    f"{name} is already announced by another publisher",
+                )
+            )
+            return
+        peer.namespaces.add(namespace)
+        _log.info("{peer} announced {ns}", peer=peer.name, ns=name)
+        peer.session.send(c.PublishNamespaceOk(msg.request_id))
+        for watcher in self.watchers(namespace, peer):
+            send_publish_namespace(watcher.session, namespace)
+        upstream = self.upstream
+        if upstream is not None and not peer.is_relay:
+            send_publish_namespace(upstream.session, namespace)
+
+    def withdraw(self, peer: P, namespace: Namespace) -> None:
+        """PUBLISH_NAMESPACE_DONE: the peer no longer publishes ``namespace``."""
+        if namespace not in peer.namespaces:
+            return
+        peer.namespaces.discard(namespace)
+        if self.registry.remove(namespace, peer):
+            self._withdrawn(namespace, peer)
+
+    def _withdrawn(self, namespace: Namespace, owner: P) -> None:
+        done = c.PublishNamespaceDone(namespace)
+        for watcher in self.watchers(namespace, owner):
+            watcher.session.send(done)
+        upstream = self.upstream
+        if upstream is not None and not owner.is_relay:
+            upstream.session.send(done)
+
+    def watch(self, peer: P, msg: c.SubscribeNamespace, live: Iterable[Track]) -> None:
+        """A SUBSCRIBE_NAMESPACE the peer's token allows: answer, then send what matches."""
+        prefix = msg.namespace_prefix
+        for existing in peer.namespace_subscriptions:
+            if is_prefix(existing, prefix) or is_prefix(prefix, existing):
+                peer.session.send(
+                    c.SubscribeNamespaceError(
+                        msg.request_id,
+                        SubscribeNamespaceErrorCode.NAMESPACE_PREFIX_OVERLAP,
+                        f"overlaps {format_namespace(existing)}",
+                    )
+                )
+                return
+        peer.namespace_subscriptions[prefix] = msg.request_id
+        self.watching[peer] = None
+        peer.session.send(c.SubscribeNamespaceOk(msg.request_id))
+        for namespace in self.registry.under(prefix):
+            if self.registry.owner(namespace) is not peer:
+                send_publish_namespace(peer.session, namespace)
+        for track in list(live):
+            if (
+                track.state == Track.LIVE
+                and track.publisher is not peer
+                and is_prefix(prefix, track.namespace)
+            ):
+                peer.offer(track)
+
+    def unwatch(self, peer: P, prefix: Namespace) -> None:
+        """UNSUBSCRIBE_NAMESPACE."""
+        peer.namespace_subscriptions.pop(prefix, None)
+        if not peer.namespace_subscriptions:
+            self.watching.pop(peer, None)
+
+    def upstream_ready(self, peer: P) -> None:
+        """The --announce session is up: announce every namespace local publishers hold."""
+        self.upstream = peer
+        for namespace, owner in self.registry.items():
+            if not owner.is_relay:
+                send_publish_namespace(peer.session, namespace)
+
+    def peer_gone(self, peer: P) -> None:
+        """Forget a closed session's namespaces and watches.
+
+        The registry forgets them at once (so a restarted publisher may announce the
+        same namespace straight away); telling the watchers, which scans them, is
+        queued on the reaper, one namespace per step.
+        """
+        self.watching.pop(peer, None)
+        if self.upstream is peer:
+            self.upstream = None
+        namespaces, peer.namespaces = peer.namespaces, set()
+        peer.namespace_subscriptions = {}
+        withdrawn = [ns for ns in namespaces if self.registry.remove(ns, peer)]
+        self.reaper.extend([partial(self._withdrawn, ns, peer) for ns in withdrawn])

@@ -4,8 +4,9 @@ Every owner's ``close()`` flips its own state, detaches from its parent and
 hands its children here instead of closing them inline. The reaper runs the
 queued closers in bounded batches, one batch per reactor turn, so the stack
 depth of a teardown is constant whatever the size of the tree: a session with
-100,000 subgroup streams is torn down by 100 reactor turns, not by 100,000
-nested calls.
+100,000 subgroup streams is torn down over many reactor turns, not by 100,000
+nested calls. A closer may also stop part way and ask to be called again (it
+returns True), so that no single child holds one turn for long.
 
 A batch also ends once it has used its time budget (2 ms by default), so that a
 mass disconnect is reaped between the reactor's polls rather than in one long
@@ -24,7 +25,10 @@ from twisted.logger import Logger
 
 _log = Logger()
 
-Closer = Callable[[], None]
+# A closer returns True when it stopped with work left: it is queued again, at the
+# back, so one big child (a subscription with 100,000 streams) is taken apart in
+# steps between the others instead of in one turn.
+Closer = Callable[[], bool | None]
 
 
 class Reaper:
@@ -89,7 +93,8 @@ class Reaper:
         for _ in range(min(self._batch, len(work))):
             closer = work.popleft()
             try:
-                closer()
+                if closer() is True:
+                    work.append(closer)
             except Exception:
                 _log.failure("teardown step {closer!r} failed", closer=closer)
             self.reaped += 1

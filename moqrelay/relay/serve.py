@@ -13,17 +13,39 @@ transport's bounded queue plus the cached groups its streams still point at;
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
+from moqrelay.relay.tracks import Subgroup
 from moqrelay.transport.interfaces import IStream, IStreamReceiver, ITransportSession
 from moqrelay.wire.data import encode_subgroup_header
 
-if TYPE_CHECKING:
-    from moqrelay.relay.subscription import Subscription
-    from moqrelay.relay.tracks import Subgroup
+
+class Served(Protocol):
+    """What a downstream stream asks of the subscription it serves."""
+
+    @property
+    def writer(self) -> SessionWriter: ...
+
+    @property
+    def alias(self) -> int: ...
+
+    @property
+    def priority(self) -> int: ...
+
+    @property
+    def descending(self) -> bool: ...
+
+    @property
+    def draining(self) -> bool: ...
+
+    def open_stream(self) -> IStream:
+        """A new uni stream on the viewer's session, counted for PUBLISH_DONE."""
+
+    def stream_done(self, stream: DownstreamStream) -> None:
+        """``stream`` is finished, reset or stopped by the viewer."""
 
 
 class SessionWriter:
@@ -87,7 +109,7 @@ class DownstreamStream:
         "subscription",
     )
 
-    def __init__(self, subscription: Subscription, subgroup: Subgroup, min_object: int) -> None:
+    def __init__(self, subscription: Served, subgroup: Subgroup, min_object: int) -> None:
         self.subscription = subscription
         self.subgroup = subgroup
         self.cursor = 0
@@ -133,9 +155,8 @@ class DownstreamStream:
     def _open(self) -> IStream:
         sub = self.subscription
         subgroup = self.subgroup
-        stream = sub.session.open_uni_stream()
+        stream = sub.open_stream()
         stream.set_receiver(self)
-        sub.streams_opened += 1
         stream.write(
             encode_subgroup_header(
                 sub.alias,

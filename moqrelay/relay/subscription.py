@@ -9,20 +9,38 @@ PUBLISH_DONE only after all of its streams are closed.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from moqrelay.relay.config import RelayConfig
 from moqrelay.relay.serve import DownstreamStream, SessionWriter
 from moqrelay.relay.tracks import Subgroup, Track
+from moqrelay.session import MoqtSession
+from moqrelay.transport.interfaces import IStream
 from moqrelay.wire import control as c
 from moqrelay.wire.control import Location
 from moqrelay.wire.data import ObjectDatagram, encode_datagram
 from moqrelay.wire.errors import ProtocolViolation, PublishDoneCode, StreamResetCode
 
-if TYPE_CHECKING:
-    from moqrelay.relay.hub import RelayConfig, RelayPeer
-    from moqrelay.session import MoqtSession
+# Streams a closed session's subscription forgets per reaper step.
+FORGET_CHUNK = 256
+
+
+class Viewer(Protocol):
+    """What a subscription asks of the peer that made it."""
+
+    @property
+    def session(self) -> MoqtSession: ...
+
+    @property
+    def writer(self) -> SessionWriter: ...
+
+    @property
+    def takes_datagrams(self) -> bool: ...
+
+    def subscription_finished(self, sub: Subscription) -> None:
+        """``sub`` is over (done, failed, unsubscribed or its session gone): forget it."""
 
 
 class Subscription:
@@ -32,10 +50,12 @@ class Subscription:
 
     def __init__(
         self,
-        peer: RelayPeer,
+        viewer: Viewer,
         track: Track,
         request_id: int,
         *,
+        config: RelayConfig,
+        reactor: IReactorTime,
         priority: int,
         group_order: int,
         forward: bool,
@@ -44,7 +64,9 @@ class Subscription:
         end_group: int | None,
         answer: bool = True,
     ) -> None:
-        self.peer = peer
+        self.viewer = viewer
+        self.config = config
+        self.reactor = reactor
         self.track = track
         self.request_id = request_id
         # Aliases: a viewer's SUBSCRIBE gets its own request id; a relay PUBLISH, ours.
@@ -69,14 +91,21 @@ class Subscription:
 
     @classmethod
     def from_message(
-        cls, peer: RelayPeer, track: Track, msg: c.Subscribe | c.PublishOk
+        cls,
+        viewer: Viewer,
+        track: Track,
+        msg: c.Subscribe | c.PublishOk,
+        config: RelayConfig,
+        reactor: IReactorTime,
     ) -> Subscription:
         """A viewer's SUBSCRIBE, or its PUBLISH_OK to the relay's PUBLISH (already
         answered, so no SUBSCRIBE_OK): both carry the same subscription fields."""
         return cls(
-            peer,
+            viewer,
             track,
             msg.request_id,
+            config=config,
+            reactor=reactor,
             priority=msg.subscriber_priority,
             group_order=msg.group_order,
             forward=bool(msg.forward),
@@ -88,15 +117,11 @@ class Subscription:
 
     @property
     def session(self) -> MoqtSession:
-        return self.peer.session
+        return self.viewer.session
 
     @property
     def writer(self) -> SessionWriter:
-        return self.peer.writer
-
-    @property
-    def config(self) -> RelayConfig:
-        return self.peer.relay.config
+        return self.viewer.writer
 
     @property
     def draining(self) -> bool:
@@ -141,7 +166,7 @@ class Subscription:
         self.state = Subscription.CLOSED
         if self.answer:
             self.session.send(c.SubscribeError(self.request_id, code, reason))
-        self.peer.subscription_finished(self)
+        self.viewer.subscription_finished(self)
 
     def update(self, msg: c.SubscribeUpdate) -> None:
         """SUBSCRIBE_UPDATE: the subscription may only narrow."""
@@ -163,7 +188,7 @@ class Subscription:
         """``subgroup`` has a new object (or, on activation, cached ones)."""
         if self.state != Subscription.ACTIVE or not self.forward:
             return
-        if subgroup.datagram is not None and self.peer.takes_datagrams:
+        if subgroup.datagram is not None and self.viewer.takes_datagrams:
             self._send_datagram(subgroup.datagram)
             return
         stream = self.streams.get(subgroup)
@@ -212,6 +237,10 @@ class Subscription:
         if self.skipped_groups > self.config.max_skipped_groups:
             self.end(PublishDoneCode.TOO_FAR_BEHIND, "viewer too far behind")
 
+    def open_stream(self) -> IStream:
+        self.streams_opened += 1
+        return self.session.open_uni_stream()
+
     def stream_done(self, stream: DownstreamStream) -> None:
         if self.streams.pop(stream.subgroup, None) is None:
             return
@@ -235,7 +264,7 @@ class Subscription:
         if not self.streams:
             self._send_done()
         elif self.state == Subscription.DRAINING:
-            self._drain_timer = self.peer.relay.reactor.callLater(
+            self._drain_timer = self.reactor.callLater(
                 self.config.drain_timeout, self._drain_timed_out
             )
 
@@ -257,7 +286,7 @@ class Subscription:
         self.session.send(
             c.PublishDone(self.request_id, self.done_status, self.streams_opened, self.done_reason)
         )
-        self.peer.subscription_finished(self)
+        self.viewer.subscription_finished(self)
 
     def unsubscribe(self) -> None:
         """UNSUBSCRIBE: reset what is open and forget the subscription (no PUBLISH_DONE)."""
@@ -265,17 +294,26 @@ class Subscription:
         self._cancel_timer()
         self.track.subscriptions.pop(self, None)
         self._abandon_all(StreamResetCode.CANCELLED)
-        self.peer.relay.track_unwatched(self.track)
+        self.viewer.subscription_finished(self)
 
-    def session_gone(self) -> None:
-        """The viewer's session is closed: drop everything, nothing to send."""
+    def session_gone(self) -> bool:
+        """The viewer's session is closed: drop everything, nothing to send.
+
+        A reaper step: it forgets at most `FORGET_CHUNK` streams and returns True
+        while some are left, so that the reaper calls it again on a later step and a
+        viewer with 100,000 open streams does not stall one reactor turn.
+        """
         self.state = Subscription.CLOSED
         self._cancel_timer()
         self.track.subscriptions.pop(self, None)
-        streams, self.streams = self.streams, {}
-        for downstream in streams.values():
+        streams = self.streams
+        for _ in range(min(FORGET_CHUNK, len(streams))):
+            _, downstream = streams.popitem()
             downstream.forget()
-        self.peer.relay.track_unwatched(self.track)
+        if streams:
+            return True
+        self.viewer.subscription_finished(self)
+        return False
 
     def _cancel_timer(self) -> None:
         if self._drain_timer is not None and self._drain_timer.active():

@@ -11,18 +11,43 @@ viewers still hold (bounded by their lag), stay in memory.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from twisted.internet.interfaces import IDelayedCall
 
 from moqrelay.wire.control import Location
 from moqrelay.wire.data import ObjectDatagram, encode_subgroup_object
 
-if TYPE_CHECKING:
-    from moqrelay.relay.hub import RelayPeer
-    from moqrelay.relay.subscription import Subscription
-
 TrackKey = tuple[tuple[bytes, ...], bytes]
+
+
+class TrackViewer(Protocol):
+    """What a track (and the hub, for the track's lifecycle) asks of one subscription."""
+
+    def object_available(self, subgroup: Subgroup) -> None:
+        """``subgroup`` has a new object."""
+
+    def subgroup_closed(self, subgroup: Subgroup) -> None:
+        """``subgroup`` ended (FIN, reset or eviction)."""
+
+    def activate(self) -> None:
+        """The track went live."""
+
+    def fail(self, code: int, reason: str) -> None:
+        """The track failed before it went live."""
+
+    def end(self, status: int, reason: str) -> None:
+        """The track ended: finish in-flight streams, then PUBLISH_DONE."""
+
+
+class Publisher(Protocol):
+    """What the hub asks of the peer that feeds a track."""
+
+    def unsubscribe_upstream(self, track: Track) -> None:
+        """The last viewer left: cancel the upstream subscription."""
+
+    def forget_upstream(self, track: Track) -> bool:
+        """Stop routing the track's upstream streams; False if it was not routed."""
 
 
 class CachedObject:
@@ -109,11 +134,11 @@ class Track:
         self.cached_bytes = 0
         self.largest: Location | None = None
         self.group_order = 1
-        self.subscriptions: dict[Subscription, None] = {}
+        self.subscriptions: dict[TrackViewer, None] = {}
         self.end_status: int | None = None
         self.end_reason = ""
         # The upstream subscription (or PUBLISH) that feeds the track.
-        self.publisher: RelayPeer | None = None
+        self.publisher: Publisher | None = None
         self.upstream_request_id: int | None = None
         self.alias: int | None = None
         # Pushed with PUBLISH: lives while its publisher keeps it, watched or not.

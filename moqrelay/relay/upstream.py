@@ -27,7 +27,8 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from moqrelay.relay.hub import Relay, RelayPeer
+from moqrelay.relay.hub import Relay
+from moqrelay.relay.peer import RelayPeer
 from moqrelay.session import RELAY_IMPLEMENTATION, MoqtSession, SessionApp, SessionLimits
 from moqrelay.transport.interfaces import HandlerFactory, ISessionHandler, ITransportSession
 from moqrelay.wire import control as c

@@ -1,0 +1,152 @@
+"""Tests for moqrelay.relay.namespaces: the registry, prefixes and the directory, with fakes."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from moqrelay.relay.namespaces import (
+    NamespaceDirectory,
+    NamespaceRegistry,
+    format_namespace,
+    is_prefix,
+)
+from moqrelay.relay.reaper import Reaper
+from moqrelay.relay.tracks import Track
+from moqrelay.wire import control as c
+from moqrelay.wire.errors import NamespaceErrorCode, SubscribeNamespaceErrorCode
+from tests.fakes import FakePeer, FakeSession
+from tests.helpers import settle
+
+
+def session(peer: FakePeer) -> FakeSession:
+    return peer.session
+
+
+class RegistryTests(SynchronousTestCase):
+    def test_longest_announced_prefix_wins(self) -> None:
+        registry: NamespaceRegistry[str] = NamespaceRegistry()
+        registry.add((b"a",), "short")
+        registry.add((b"a", b"b"), "long")
+        self.assertEqual(registry.lookup((b"a", b"b", b"c")), "long")
+        self.assertEqual(registry.lookup((b"a", b"x")), "short")
+        self.assertIsNone(registry.lookup((b"z",)))
+
+    def test_a_namespace_has_one_owner_and_only_it_removes_it(self) -> None:
+        registry: NamespaceRegistry[str] = NamespaceRegistry()
+        self.assertTrue(registry.add((b"a",), "one"))
+        self.assertFalse(registry.add((b"a",), "two"))
+        self.assertFalse(registry.remove((b"a",), "two"))
+        self.assertTrue(registry.remove((b"a",), "one"))
+        self.assertEqual(len(registry), 0)
+
+    def test_under_lists_the_namespaces_a_prefix_covers(self) -> None:
+        registry: NamespaceRegistry[str] = NamespaceRegistry()
+        for ns in [(b"a",), (b"a", b"b"), (b"ab",)]:
+            registry.add(ns, "x")
+        self.assertEqual(sorted(registry.under((b"a",))), [(b"a",), (b"a", b"b")])
+
+    def test_prefixes_are_whole_fields(self) -> None:
+        self.assertTrue(is_prefix((b"a",), (b"a", b"b")))
+        self.assertTrue(is_prefix((), (b"a",)))
+        self.assertFalse(is_prefix((b"a",), (b"ab",)))
+        self.assertFalse(is_prefix((b"a", b"b"), (b"a",)))
+        self.assertEqual(format_namespace((b"live", b"\xff")), "live/\\xff")
+
+
+class DirectoryTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.directory: NamespaceDirectory[FakePeer] = NamespaceDirectory(
+            Reaper(self.clock), max_namespaces=2
+        )
+
+    def announce(self, peer: FakePeer, namespace: c.Namespace, request_id: int = 0) -> None:
+        self.directory.announce(peer, c.PublishNamespace(request_id, namespace, []))
+
+    def watch(self, peer: FakePeer, prefix: c.Namespace, tracks: list[Track] = []) -> None:  # noqa: B006
+        self.directory.watch(peer, c.SubscribeNamespace(0, prefix, []), tracks)
+
+    def test_announcing_answers_and_tells_watchers_and_upstream(self) -> None:
+        watcher, blind, publisher, upstream = (
+            FakePeer("w"),
+            FakePeer("b", sees=False),
+            FakePeer("p"),
+            FakePeer("u", is_relay=True),
+        )
+        self.watch(watcher, (b"live",))
+        self.watch(blind, (b"live",))
+        self.directory.upstream_ready(upstream)
+        self.announce(publisher, (b"live", b"a"))
+        self.assertEqual(publisher.session.sent, [c.PublishNamespaceOk(0)])
+        self.assertEqual(self.directory.lookup((b"live", b"a", b"x")), publisher)
+        for peer, expected in [(watcher, 1), (blind, 0), (upstream, 1)]:
+            self.assertEqual(len(session(peer).of_type(c.PublishNamespace)), expected, peer.name)
+
+    def test_another_relays_namespaces_never_go_upstream(self) -> None:
+        upstream, edge = FakePeer("u", is_relay=True), FakePeer("e", is_relay=True)
+        self.directory.upstream_ready(upstream)
+        self.announce(edge, (b"x",))
+        self.assertEqual(upstream.session.of_type(c.PublishNamespace), [])
+
+    def test_duplicates_and_the_per_session_limit_are_refused(self) -> None:
+        first, second = FakePeer("1"), FakePeer("2")
+        self.announce(first, (b"a",))
+        self.announce(second, (b"a",), request_id=2)
+        (error,) = second.session.sent
+        assert isinstance(error, c.PublishNamespaceError)
+        self.assertEqual(error.error_code, NamespaceErrorCode.UNINTERESTED)
+        self.announce(first, (b"b",), request_id=2)
+        self.announce(first, (b"c",), request_id=4)
+        error = first.session.sent[-1]
+        assert isinstance(error, c.PublishNamespaceError)
+        self.assertEqual(error.error_code, NamespaceErrorCode.INTERNAL_ERROR)
+        self.assertEqual(first.namespaces, {(b"a",), (b"b",)})
+
+    def test_watching_sends_what_exists_and_refuses_overlaps(self) -> None:
+        publisher, watcher = FakePeer("p"), FakePeer("w")
+        self.announce(publisher, (b"live", b"a"))
+        live = Track(((b"live", b"a"), b"video"), 4, 1 << 20)
+        live.state = Track.LIVE
+        own = Track(((b"live", b"a"), b"own"), 4, 1 << 20)
+        own.state = Track.LIVE
+        own.publisher = watcher
+        pending = Track(((b"live", b"a"), b"later"), 4, 1 << 20)
+        self.watch(watcher, (b"live",), [live, own, pending])
+        self.assertEqual(watcher.offered, [live])
+        self.assertEqual(len(watcher.session.of_type(c.PublishNamespace)), 1)
+        self.watch(watcher, (b"live", b"a"))
+        error = watcher.session.sent[-1]
+        assert isinstance(error, c.SubscribeNamespaceError)
+        self.assertEqual(error.error_code, SubscribeNamespaceErrorCode.NAMESPACE_PREFIX_OVERLAP)
+        self.directory.unwatch(watcher, (b"live",))
+        self.assertEqual(self.directory.watching, {})
+
+    def test_withdrawal_tells_watchers(self) -> None:
+        publisher, watcher = FakePeer("p"), FakePeer("w")
+        self.watch(watcher, ())
+        self.announce(publisher, (b"a",))
+        self.directory.withdraw(publisher, (b"a",))
+        self.directory.withdraw(publisher, (b"a",))
+        self.assertEqual(watcher.session.of_type(c.PublishNamespaceDone), [
+            c.PublishNamespaceDone((b"a",))
+        ])  # fmt: skip
+        self.assertIsNone(self.directory.lookup((b"a",)))
+
+    def test_a_closed_session_is_forgotten_at_once_and_watchers_told_later(self) -> None:
+        publisher, watcher, successor = FakePeer("p"), FakePeer("w"), FakePeer("s")
+        self.watch(watcher, ())
+        self.announce(publisher, (b"a",))
+        self.announce(publisher, (b"b",), request_id=2)
+        self.directory.peer_gone(publisher)
+        self.assertEqual(publisher.namespaces, set())
+        self.announce(successor, (b"a",))
+        self.assertEqual(successor.session.sent, [c.PublishNamespaceOk(0)])
+        self.assertEqual(watcher.session.of_type(c.PublishNamespaceDone), [])
+        settle(self.clock)
+        done = cast(list[c.PublishNamespaceDone], watcher.session.of_type(c.PublishNamespaceDone))
+        self.assertEqual(sorted(m.namespace for m in done), [(b"a",), (b"b",)])
+        self.directory.peer_gone(watcher)
+        self.assertEqual(self.directory.watching, {})

@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
@@ -23,21 +23,18 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from moqrelay.auth import Authorizer
-from moqrelay.client.connect import open_transport
 from moqrelay.relay.config import RelayConfig
 from moqrelay.relay.hub import Relay
 from moqrelay.relay.upstream import UpstreamLink
 from moqrelay.session import MoqtSession, SessionLimits
-from moqrelay.tls import CertificateChain, CertificateError, generate_dev_chain, load_chain
+from moqrelay.tls import CertificateChain, CertificateError, load_chain
+from moqrelay.transport.connect import open_transport
 from moqrelay.transport.interfaces import HandlerFactory, ISessionHandler, ITransportSession
 from moqrelay.transport.quic import QuicEndpoint
 from moqrelay.transport.websocket import WebSocketTransportFactory
 from moqrelay.web import make_web_site, tls_context_factory
 from moqrelay.wire import control as c
 from moqrelay.wire.errors import SessionErrorCode
-
-if TYPE_CHECKING:
-    from moqrelay.tap import Options
 
 _log = Logger()
 
@@ -196,6 +193,7 @@ class RelayService(MultiService):
         announce_verify: bool = True,
         announce_fingerprint: str | None = None,
         udp_buffer: int = 4 << 20,
+        cert_paths: list[tuple[str, str]] | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -222,7 +220,8 @@ class RelayService(MultiService):
         )
         self.tls = tls = tls_context_factory(chains)
         # (cert, key) paths to read again on SIGHUP; empty for --dev.
-        self.cert_paths: list[tuple[str, str]] = []
+        # The PEM files the chains came from, read again on SIGHUP.
+        self.cert_paths: list[tuple[str, str]] = list(cert_paths or [])
         self._previous_sighup: Any = None
         tcp_endpoint = SSL4ServerEndpoint(reactor, port, tls, interface=host)
         _EndpointService(tcp_endpoint, site, f"tcp {host}:{port} (TLS)").setServiceParent(self)
@@ -251,52 +250,6 @@ class RelayService(MultiService):
 
             self.upstream = UpstreamLink(reactor, self.relay, announce, connector, limits=limits)
             _UpstreamService(self.upstream).setServiceParent(self)
-
-    @classmethod
-    def from_options(cls, options: Options, reactor: Any) -> RelayService:
-        chains = list(options["chains"])
-        if not chains:
-            chain = generate_dev_chain()
-            _log.info("--dev: self-signed certificate, SHA-256 {fp}", fp=chain.fingerprint())
-            chains = [chain]
-        config = RelayConfig(
-            cache_groups=options["cache-groups"],
-            cache_bytes=options["cache-bytes"],
-            max_queued_bytes=options["max-queued-bytes"],
-            max_lag_groups=options["max-lag-groups"],
-            max_skipped_groups=options["max-skipped-groups"],
-            drain_timeout=options["drain-timeout"],
-            max_subscriptions=options["max-subscriptions"],
-            max_namespaces=options["max-namespaces"],
-            join_at_group_start=not options["strict-filters"],
-        )
-        limits = SessionLimits(
-            setup_timeout=options["setup-timeout"],
-            request_window=options["request-window"],
-            max_incoming_streams=options["max-streams"],
-            max_control_message=options["max-control-message"],
-        )
-        service = cls(
-            reactor,
-            bind=options["bind-address"],
-            chains=chains,
-            config=config,
-            limits=limits,
-            dev=options["dev"],
-            listen=options["listen"],
-            quic_retry=options["quic-retry"],
-            idle_timeout=options["idle-timeout"],
-            max_message_size=options["max-message-size"],
-            handshake_timeout=options["handshake-timeout"],
-            allowed_origins=options["allowed-origins"],
-            authorizer=options["authorizer"],
-            announce=options["announce"],
-            announce_verify=not options["announce-insecure"],
-            announce_fingerprint=options["announce-fingerprint"],
-            udp_buffer=options["udp-buffer"],
-        )
-        service.cert_paths = list(zip(options["tls-cert"], options["tls-key"], strict=True))
-        return service
 
     def handler_factory(self, transport: ITransportSession) -> ISessionHandler:
         return MoqtSession(transport, self.reactor, self.relay.app_factory, self.limits)

@@ -11,14 +11,19 @@ from urllib.parse import urlsplit
 
 from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorCore
+from twisted.logger import Logger
 from twisted.python import usage
 
 from moqrelay.auth import Authorizer
-from moqrelay.tls import CertificateError, load_chain
+from moqrelay.relay.config import RelayConfig
+from moqrelay.session import SessionLimits
+from moqrelay.tls import CertificateError, generate_dev_chain, load_chain
+from moqrelay.transport.connect import SCHEMES
+
+_log = Logger()
 
 DEFAULT_BIND = "[::]:4443"
 DEV_BIND = "127.0.0.1:4443"
-ANNOUNCE_SCHEMES = ("moqt", "https", "wss", "ws")
 
 
 def parse_bind(value: str) -> tuple[str, int]:
@@ -273,7 +278,7 @@ class Options(usage.Options):
         announce = self["announce"]
         if announce is not None:
             parts = urlsplit(announce)
-            if parts.scheme not in ANNOUNCE_SCHEMES or not parts.hostname:
+            if parts.scheme not in SCHEMES or not parts.hostname:
                 raise usage.UsageError(
                     f"--announce: {announce!r} is not a moqt://, https://, wss:// or ws:// URL"
                 )
@@ -313,4 +318,45 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
         reactor = global_reactor
         global_reactor.callWhenRunning(freeze_startup_objects)
     assert reactor is not None
-    return RelayService.from_options(options, reactor)
+    chains = list(options["chains"])
+    if not chains:
+        chain = generate_dev_chain()
+        _log.info("--dev: self-signed certificate, SHA-256 {fp}", fp=chain.fingerprint())
+        chains = [chain]
+    config = RelayConfig(
+        cache_groups=options["cache-groups"],
+        cache_bytes=options["cache-bytes"],
+        max_queued_bytes=options["max-queued-bytes"],
+        max_lag_groups=options["max-lag-groups"],
+        max_skipped_groups=options["max-skipped-groups"],
+        drain_timeout=options["drain-timeout"],
+        max_subscriptions=options["max-subscriptions"],
+        max_namespaces=options["max-namespaces"],
+        join_at_group_start=not options["strict-filters"],
+    )
+    limits = SessionLimits(
+        setup_timeout=options["setup-timeout"],
+        request_window=options["request-window"],
+        max_incoming_streams=options["max-streams"],
+        max_control_message=options["max-control-message"],
+    )
+    return RelayService(
+        reactor,
+        bind=options["bind-address"],
+        chains=chains,
+        config=config,
+        limits=limits,
+        dev=options["dev"],
+        listen=options["listen"],
+        quic_retry=options["quic-retry"],
+        idle_timeout=options["idle-timeout"],
+        max_message_size=options["max-message-size"],
+        handshake_timeout=options["handshake-timeout"],
+        allowed_origins=options["allowed-origins"],
+        authorizer=options["authorizer"],
+        announce=options["announce"],
+        announce_verify=not options["announce-insecure"],
+        announce_fingerprint=options["announce-fingerprint"],
+        udp_buffer=options["udp-buffer"],
+        cert_paths=list(zip(options["tls-cert"], options["tls-key"], strict=True)),
+    )

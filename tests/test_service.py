@@ -151,7 +151,9 @@ class CertificateReloadTests(RelayFixture):
         write_chain(first, cert, key)
         options = tap.Options()
         options.parseOptions(["--bind", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", key])
-        self.service = RelayService.from_options(options, reactor)
+        service = tap.makeService(options, reactor)
+        assert isinstance(service, RelayService)
+        self.service = service
         self.service.startService()
         self.clients = []
         self.addCleanup(self.stop_all)
@@ -750,7 +752,8 @@ class UdpBufferTests(SynchronousTestCase):
     def test_the_relay_asks_for_its_udp_buffer(self) -> None:
         options = tap.Options()
         options.parseOptions(["--dev", "--bind", "127.0.0.1:0", "--udp-buffer", "65536"])
-        service = RelayService.from_options(options, reactor)
+        service = tap.makeService(options, reactor)
+        assert isinstance(service, RelayService)
         service.quic_service.startService()
         self.addCleanup(service.quic_service.stopService)
         port = service.quic_service.port

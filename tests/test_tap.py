@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import cast
 
 from twisted.application.service import IServiceMaker
+from twisted.internet.interfaces import IReactorCore
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
@@ -110,7 +112,8 @@ class OptionsTests(SynchronousTestCase):
         options = self.parse(
             "--dev", "--announce", "wss://origin:4443/", "--announce-fingerprint", "ab" * 32
         )
-        service = RelayService.from_options(options, Clock())
+        service = tap.makeService(options, cast(IReactorCore, Clock()))
+        assert isinstance(service, RelayService)
         assert service.upstream is not None
         self.assertEqual(service.upstream.url, "wss://origin:4443/")
 

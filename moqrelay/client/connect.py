@@ -1,48 +1,16 @@
-"""Client layer: open a MoQT client session to a URL over the transport its scheme names.
-
-- ``moqt://host:port/path``: raw QUIC (ALPN moq-00), PATH and AUTHORITY in SETUP;
-- ``https://host:port/path``: WebTransport over HTTP/3;
-- ``wss://`` / ``ws://``: the WebSocket "webtransport" polyfill.
-"""
+"""Client layer: a MoQT client session, SETUP done, to a URL over the transport its scheme
+names (`moqrelay.transport.connect.open_transport`)."""
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred
 
 from moqrelay.client.api import MoqtClient
 from moqrelay.session import MoqtSession, SessionLimits
-from moqrelay.transport.interfaces import HandlerFactory, ISessionHandler, ITransportSession
-
-SCHEMES = ("moqt", "https", "wss", "ws")
-
-
-def open_transport(
-    reactor: Any,
-    url: str,
-    handler_factory: HandlerFactory,
-    *,
-    verify: bool = True,
-    fingerprint: str | None = None,
-    timeout: float = 10.0,
-) -> Deferred[ITransportSession]:
-    """A transport session to ``url``, over the transport its scheme names."""
-    scheme = urlsplit(url).scheme
-    if scheme not in SCHEMES:
-        raise ValueError(f"{url!r}: the scheme must be one of {', '.join(SCHEMES)}")
-    if scheme in ("ws", "wss"):
-        from moqrelay.transport.websocket import connect_websocket
-
-        return connect_websocket(
-            reactor, url, handler_factory, verify=verify, fingerprint=fingerprint, timeout=timeout
-        )
-    from moqrelay.transport.quic import connect_quic
-
-    return connect_quic(
-        reactor, url, handler_factory, verify=verify, fingerprint=fingerprint, timeout=timeout
-    )
+from moqrelay.transport.connect import open_transport
+from moqrelay.transport.interfaces import ISessionHandler, ITransportSession
 
 
 def connect(

@@ -7,6 +7,7 @@ from typing import cast
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from moqrelay.client.api import RequestRejected
 from moqrelay.relay.namespaces import (
     NamespaceDirectory,
     NamespaceRegistry,
@@ -18,7 +19,9 @@ from moqrelay.relay.tracks import Track
 from moqrelay.wire import control as c
 from moqrelay.wire.errors import NamespaceErrorCode, SubscribeNamespaceErrorCode
 from tests.fakes import FakePeer, FakeSession
-from tests.helpers import settle
+from tests.helpers import MemoryRelay, Recorder, settle
+
+NS = (b"live", b"demo")
 
 
 def session(peer: FakePeer) -> FakeSession:
@@ -150,3 +153,60 @@ class DirectoryTests(SynchronousTestCase):
         self.assertEqual(sorted(m.namespace for m in done), [(b"a",), (b"b",)])
         self.directory.peer_gone(watcher)
         self.assertEqual(self.directory.watching, {})
+
+
+class NamespaceRelayTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.world = MemoryRelay()
+        self.clock = self.world.clock
+
+    def test_subscribe_namespace_gets_existing_and_new_announcements_and_publishes(self) -> None:
+        publisher, _, _ = self.world.connect()
+        publisher.announce((b"live", b"a"))
+        publisher.publish_track((b"live", b"p"), b"t")
+        settle(self.clock)
+        watcher, _, _ = self.world.connect()
+        rec = Recorder()
+        watcher.on_publish = lambda msg: rec
+        d = watcher.subscribe_namespace((b"live",))
+        settle(self.clock)
+        self.successResultOf(d)
+        self.assertEqual(watcher.discovered, [(b"live", b"a")])
+        self.assertEqual([m.track_name for m in watcher.offers], [b"t"])
+        publisher.announce((b"live", b"b"))
+        publisher.announce((b"other",))
+        settle(self.clock)
+        self.assertEqual(watcher.discovered, [(b"live", b"a"), (b"live", b"b")])
+        track = publisher.tracks[((b"live", b"p"), b"t")]
+        track.send_object(0, 0, b"pushed to the watcher")
+        settle(self.clock)
+        self.assertEqual(rec.ids(), [(0, 0)])
+
+    def test_namespace_done_reaches_watchers(self) -> None:
+        watcher, _, _ = self.world.connect()
+        watcher.subscribe_namespace((b"live",))
+        publisher, pub_side, _ = self.world.connect()
+        publisher.announce((b"live", b"x"))
+        settle(self.clock)
+        self.assertEqual(watcher.discovered, [(b"live", b"x")])
+        pub_side.abort()
+        settle(self.clock)
+        self.assertEqual(watcher.discovered, [])
+
+    def test_overlapping_prefixes_are_refused(self) -> None:
+        watcher, _, _ = self.world.connect()
+        watcher.subscribe_namespace((b"live",))
+        d = watcher.subscribe_namespace((b"live", b"demo"))
+        settle(self.clock)
+        failure = self.failureResultOf(d, RequestRejected)
+        self.assertEqual(failure.value.code, SubscribeNamespaceErrorCode.NAMESPACE_PREFIX_OVERLAP)
+
+    def test_refused_publish_does_not_break_the_watcher(self) -> None:
+        publisher, _, _ = self.world.connect()
+        publisher.publish_track(NS, b"t")
+        watcher, _, _ = self.world.connect()
+        watcher.subscribe_namespace((b"live",))
+        settle(self.clock)
+        self.assertEqual(len(watcher.offers), 1)
+        self.assertEqual(self.world.relay.peers.keys().__len__(), 2)
+        self.assertFalse(watcher.session.closed)

@@ -1,17 +1,24 @@
-"""Tests for moqrelay.relay.access: what a token lets a session do, end to end in memory."""
+"""Tests for moqrelay.relay.access: what a token lets a session do, alone and in memory."""
 
 from __future__ import annotations
 
+from typing import cast
+
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from moqrelay.auth import Authorizer, encode_token_struct
+from moqrelay.auth import Authorizer, DenialLog, encode_token_struct
 from moqrelay.client.api import MoqtClient, RequestRejected
 from moqrelay.client.token import make_token
+from moqrelay.relay.access import PeerAccess
+from moqrelay.session import MoqtSession
 from moqrelay.wire import control as c
 from moqrelay.wire.errors import (
     SessionErrorCode,
     SubscribeErrorCode,
 )
+from tests.fakes import FakeSession
 from tests.helpers import MemoryRelay, Recorder, settle
 
 NS = (b"live", b"demo")
@@ -118,3 +125,65 @@ class AuthorizationTests(SynchronousTestCase):
         settle(self.clock)
         self.successResultOf(allowed)
         self.assertEqual(watcher.discovered, [])
+
+
+class PeerAccessTests(SynchronousTestCase):
+    """`PeerAccess` alone, with a fake session and a clock."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.access = PeerAccess(Authorizer(SECRET), DenialLog(), self.clock)
+
+    def token(
+        self, publish: tuple[str, ...] = (), subscribe: tuple[str, ...] = (), ttl: float = 60
+    ) -> str:
+        return make_token(
+            SECRET, now=self.clock.seconds(), publish=publish, subscribe=subscribe, ttl=ttl
+        )
+
+    def session(self, path: str) -> tuple[FakeSession, MoqtSession]:
+        fake = FakeSession()
+        fake.path = path
+        return fake, cast(MoqtSession, fake)
+
+    def test_an_open_relay_allows_everything(self) -> None:
+        access = PeerAccess(None, DenialLog(), self.clock)
+        self.assertIsNone(access.denied(True, (b"any",), []))
+
+    def test_the_sessions_token_grants_until_it_expires_and_then_closes_it(self) -> None:
+        fake, session = self.session(f"/moq?jwt={self.token(publish=('live',))}")
+        self.access.authenticate(session, "peer")
+        self.assertIsNone(self.access.denied(True, (b"live", b"a"), []))
+        denied = self.access.denied(False, (b"live", b"a"), [])
+        assert denied is not None
+        self.assertEqual(denied.code, SessionErrorCode.UNAUTHORIZED)
+        self.clock.advance(61)
+        self.assertTrue(fake.closed)
+        self.assertEqual(fake.close_code, SessionErrorCode.EXPIRED_AUTH_TOKEN)
+
+    def test_closing_cancels_the_expiry(self) -> None:
+        _, session = self.session(f"/moq?jwt={self.token(subscribe=('',))}")
+        self.access.authenticate(session, "peer")
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.access.close()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_forged_token_closes_the_session(self) -> None:
+        forged = make_token(b"x" * 32, now=self.clock.seconds(), subscribe=("",))
+        fake, session = self.session(f"/moq?jwt={forged}")
+        self.access.authenticate(session, "peer")
+        self.assertTrue(fake.closed)
+
+    def test_a_requests_own_token_replaces_the_sessions(self) -> None:
+        request_token = encode_token_struct(self.token(subscribe=("other",)).encode())
+        params: list[c.Param] = [(c.PARAM_AUTHORIZATION_TOKEN, request_token)]
+        self.assertIsNone(self.access.denied(False, (b"other",), params))
+        self.assertIsNotNone(self.access.denied(False, (b"other",), []))
+        self.assertIsNotNone(self.access.denied(False, (b"live",), params))
+
+    def test_denials_are_logged_once_per_interval(self) -> None:
+        with capturedLogs() as events:
+            for _ in range(3):
+                self.access.check("peer", "SUBSCRIBE", False, (b"x",), [])
+        self.assertEqual(len([e for e in events if "denied" in e.get("log_format", "")]), 1)

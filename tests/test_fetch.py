@@ -6,8 +6,17 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from moqrelay.client.api import ReceivedObject, RequestRejected
+from moqrelay.relay.fetch import (
+    FetchRange,
+    FetchRefused,
+    collect,
+    joining_range,
+    standalone_range,
+)
+from moqrelay.relay.tracks import Track
 from moqrelay.wire import control as c
 from moqrelay.wire.data import FetchObject
+from moqrelay.wire.errors import FetchErrorCode
 from tests.helpers import MemoryRelay, Recorder, settle
 
 NS = (b"live", b"demo")
@@ -122,3 +131,51 @@ class FetchForwardingTests(SynchronousTestCase):
         d2 = self.viewer.fetch((b"nobody",), b"x", c.Location(0, 0), c.Location(1, 0))
         settle(self.clock)
         self.assertEqual(self.failureResultOf(d2, RequestRejected).value.code, 0x4)
+
+
+def standalone(start: c.Location, end: c.Location) -> c.Fetch:
+    return c.Fetch(0, 128, 0, c.FETCH_STANDALONE, NS, b"video", start, end)
+
+
+class RangeTests(SynchronousTestCase):
+    """The range arithmetic and the cache read alone, on a `Track` filled by hand."""
+
+    def setUp(self) -> None:
+        self.track = Track((NS, b"video"), 4, 1 << 20)
+        for group in range(3):
+            for subgroup_id in (0, 1):
+                subgroup = self.track.open_subgroup(group, subgroup_id, 128, False)
+                for obj in (subgroup_id, subgroup_id + 2):
+                    self.track.add_object(subgroup, obj, b"%d.%d" % (group, obj), 0, b"")
+
+    def test_an_end_object_of_zero_means_the_whole_group(self) -> None:
+        whole = FetchRange(c.Location(1, 1), c.Location(2, 0))
+        self.assertFalse(whole.covers(1, 0))
+        self.assertTrue(whole.covers(1, 1))
+        self.assertTrue(whole.covers(2, 99))
+        self.assertFalse(whole.covers(3, 0))
+        partial = FetchRange(c.Location(1, 0), c.Location(2, 2))
+        self.assertTrue(partial.covers(2, 1))
+        self.assertFalse(partial.covers(2, 2))
+
+    def test_collect_orders_objects_by_id_within_each_group(self) -> None:
+        wanted = standalone_range(standalone(c.Location(1, 0), c.Location(2, 0)), self.track)
+        ascending = [(o.group_id, o.object_id) for o in collect(self.track, wanted, False)]
+        self.assertEqual(ascending, [(g, o) for g in (1, 2) for o in range(4)])
+        descending = [(o.group_id, o.object_id) for o in collect(self.track, wanted, True)]
+        self.assertEqual(descending, [(g, o) for g in (2, 1) for o in range(4)])
+
+    def test_ranges_that_cannot_be_served_are_refused(self) -> None:
+        backwards = standalone(c.Location(2, 0), c.Location(1, 0))
+        after = standalone(c.Location(5, 0), c.Location(6, 0))
+        for msg in (backwards, after):
+            e = self.assertRaises(FetchRefused, standalone_range, msg, self.track)
+            self.assertEqual(e.code, FetchErrorCode.INVALID_RANGE)
+
+    def test_joining_ranges_count_back_from_the_largest_object(self) -> None:
+        relative = c.Fetch(0, 128, 0, c.FETCH_RELATIVE_JOINING, joining_request_id=2,
+                           joining_start=1)  # fmt: skip
+        wanted = joining_range(relative, c.Location(2, 3))
+        self.assertEqual(wanted, FetchRange(c.Location(1, 0), c.Location(2, 4)))
+        e = self.assertRaises(FetchRefused, joining_range, relative, None)
+        self.assertEqual(e.code, FetchErrorCode.INVALID_RANGE)

@@ -37,6 +37,7 @@ A private key is refused on the relay: it only ever needs the public half.
 from __future__ import annotations
 
 import math
+import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ __all__ = [
     "MAX_TOKEN_BYTES",
     "MIN_RSA_BITS",
     "MIN_SECRET_BYTES",
+    "REDACTED",
     "AuthError",
     "Authorizer",
     "DenialLog",
@@ -74,6 +76,7 @@ __all__ = [
     "parse_prefix",
     "parse_token_struct",
     "read_key_file",
+    "redact",
     "token_from_path",
 ]
 
@@ -181,6 +184,19 @@ def token_from_path(path: str) -> str | None:
     if len(values) != 1 or not values[0]:
         return None
     return values[0]
+
+
+_JWT_VALUE = re.compile(r"(?i)([?&;]jwt=)[^&#;\s\"']*")
+REDACTED = "[redacted]"
+
+
+def redact(text: str) -> str:
+    """``text`` (a path, a URL, a log line) with every ``jwt=`` query value hidden.
+
+    Anyone who reads a log could replay a token found in it; every path or URL the
+    relay logs goes through here first.
+    """
+    return _JWT_VALUE.sub(lambda m: m.group(1) + REDACTED, text)
 
 
 # Grants -------------------------------------------------------------------------------

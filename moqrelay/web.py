@@ -30,11 +30,12 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import connectionDone
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel
+from twisted.web.http import HTTPChannel, combinedLogFormatter
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
+from moqrelay.auth import redact
 from moqrelay.tls import CertificateChain, select_chain
 from moqrelay.transport.websocket import SUBPROTOCOL, WebSocketTransportFactory
 
@@ -151,6 +152,11 @@ class _DeadlineChannel(HTTPChannel):
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
 
+def _redacted_access_line(timestamp: str, request: Request) -> str:
+    """Twisted's combined access-log line, with any token in the request URI hidden."""
+    return redact(combinedLogFormatter(timestamp, request))
+
+
 def make_web_site(
     reactor: Any,
     ws_factory: WebSocketTransportFactory,
@@ -163,7 +169,12 @@ def make_web_site(
     A connection that has not sent a complete request head within
     ``head_timeout`` seconds is dropped.
     """
-    site = Site(_RelayResource(ws_factory, fingerprint), timeout=_IDLE_TIMEOUT, reactor=reactor)
+    site = Site(
+        _RelayResource(ws_factory, fingerprint),
+        timeout=_IDLE_TIMEOUT,
+        reactor=reactor,
+        logFormatter=_redacted_access_line,
+    )
     site.displayTracebacks = False
     site.noisy = False
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from twisted.trial.unittest import SynchronousTestCase
 
 from moqrelay import auth
-from moqrelay.auth import AuthError, Authorizer, DenialLog, Grant
+from moqrelay.auth import AuthError, Authorizer, DenialLog, Grant, redact
 from moqrelay.wire.errors import ProtocolViolation, SessionErrorCode, SubscribeErrorCode
 
 NOW = 1_800_000_000.0
@@ -428,3 +428,13 @@ class DenialLogTests(SynchronousTestCase):
     def test_bad_arguments(self) -> None:
         self.assertRaises(ValueError, DenialLog, interval=0)
         self.assertRaises(ValueError, DenialLog, max_keys=0)
+
+
+class RedactTests(SynchronousTestCase):
+    def test_every_jwt_value_is_hidden_and_the_rest_kept(self) -> None:
+        self.assertEqual(redact("/moq?a=1&jwt=eyJ.x.y&b=2"), "/moq?a=1&jwt=[redacted]&b=2")
+        self.assertEqual(
+            redact('GET /f?JWT=abc HTTP/1.1" wss://h/?jwt=def'),
+            'GET /f?JWT=[redacted] HTTP/1.1" wss://h/?jwt=[redacted]',
+        )
+        self.assertEqual(redact("/moq?notjwt=1"), "/moq?notjwt=1")

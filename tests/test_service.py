@@ -550,6 +550,22 @@ class AuthorizedChainingTests(RelayFixture):
         await deferLater(reactor, 0.2, lambda: None)
         self.assertNotIn((b"edge", b"bare"), self.service.relay.namespaces)
 
+    async def test_no_token_reaches_the_log(self) -> None:
+        secret = b"k" * 32
+        await self.start_relay(Authorizer(secret))
+        token = make_token(secret, now=time.time(), publish=("edge",), subscribe=("",))
+        with capturedLogs() as events:
+            edge = await self.new_relay(announce=f"{self.url('wss')}?jwt={token}")
+            self.addCleanup(edge.stopService)
+            await wait_until(lambda: edge.relay.upstream_peer is not None)
+            viewer = await connect(reactor, f"{self.url('wss')}?jwt={token}", verify=False)
+            viewer.session.close()
+            await edge.stopService()
+            await self.service.relay.reaper.when_idle()
+        lines = [formatEvent(e) for e in events]
+        self.assertTrue(any("jwt=[redacted]" in line for line in lines), lines)
+        self.assertEqual([repr(e) for e in events if token in repr(e)], [])
+
 
 class ShutdownTests(RelayFixture):
     config = RelayConfig(drain_timeout=0.3)

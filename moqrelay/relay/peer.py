@@ -20,7 +20,7 @@ from typing import Protocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from moqrelay.auth import AuthError, Authorizer, DenialLog
+from moqrelay.auth import AuthError, Authorizer, DenialLog, redact
 from moqrelay.relay import fetch, status
 from moqrelay.relay.access import PeerAccess
 from moqrelay.relay.config import RelayConfig
@@ -163,7 +163,7 @@ class RelayPeer:
             "session from {peer} over {transport} ready (path {path!r})",
             peer=self.name,
             transport=self.session.transport.transport_name,
-            path=self.session.path,
+            path=redact(self.session.path),
         )
 
     def control_message(self, msg: c.ControlMessage) -> None:

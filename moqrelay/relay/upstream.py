@@ -27,6 +27,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from moqrelay.auth import redact
 from moqrelay.relay.hub import Relay
 from moqrelay.relay.peer import RelayPeer
 from moqrelay.session import RELAY_IMPLEMENTATION, MoqtSession, SessionApp, SessionLimits
@@ -100,7 +101,7 @@ class UpstreamLink:
         try:
             d = self.connector(self.url, self._handler_factory)
         except Exception:
-            _log.failure("cannot connect to upstream {url}", url=self.url)
+            _log.failure("cannot connect to upstream {url}", url=redact(self.url))
             self._schedule_retry()
             return
         d.addErrback(self._connect_failed)
@@ -122,7 +123,7 @@ class UpstreamLink:
     def _connect_failed(self, failure: Failure) -> None:
         _log.warn(
             "upstream {url} unreachable: {why}; retrying in {delay:.1f} s",
-            url=self.url,
+            url=redact(self.url),
             why=failure.getErrorMessage(),
             delay=self.delay,
         )
@@ -141,12 +142,12 @@ class UpstreamLink:
     def ready(self, peer: RelayPeer) -> None:
         self.delay = self.initial_delay
         self.connections += 1
-        _log.info("connected to upstream {url}", url=self.url)
+        _log.info("connected to upstream {url}", url=redact(self.url))
         self.relay.upstream_ready(peer)
 
     def goaway(self, session: MoqtSession) -> None:
         """The upstream is going away: reconnect now (its streams still drain)."""
-        _log.info("upstream {url} sent GOAWAY; reconnecting", url=self.url)
+        _log.info("upstream {url} sent GOAWAY; reconnecting", url=redact(self.url))
         session.close(SessionErrorCode.NO_ERROR, "GOAWAY received")
 
     def ended(self, session: MoqtSession) -> None:
@@ -156,7 +157,7 @@ class UpstreamLink:
         for d in waiters:
             d.callback(None)
         if self.running:
-            _log.warn("upstream session to {url} ended; reconnecting", url=self.url)
+            _log.warn("upstream session to {url} ended; reconnecting", url=redact(self.url))
             self._schedule_retry()
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -66,6 +67,10 @@ class _EndpointService(Service):
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
+        return self.stop_listening()
+
+    def stop_listening(self) -> Deferred[None] | None:
+        """Close the listening port (connections already accepted stay); idempotent."""
         port, self.port = self.port, None
         if port is None:
             return None
@@ -194,6 +199,7 @@ class RelayService(MultiService):
         announce_fingerprint: str | None = None,
         udp_buffer: int = 4 << 20,
         cert_paths: list[tuple[str, str]] | None = None,
+        stop_signals: bool = False,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -219,10 +225,16 @@ class RelayService(MultiService):
             head_timeout=handshake_timeout,
         )
         self.tls = tls = tls_context_factory(chains)
-        # (cert, key) paths to read again on SIGHUP; empty for --dev.
-        # The PEM files the chains came from, read again on SIGHUP.
+        # The PEM files the chains came from, read again on SIGHUP; empty for --dev.
         self.cert_paths: list[tuple[str, str]] = list(cert_paths or [])
         self._previous_sighup: Any = None
+        # Whether SIGTERM/SIGINT are ours (under twistd), not the reactor's alone.
+        self.stop_signals = stop_signals
+        self._previous_stop_handlers: dict[int, Any] = {}
+        # Set from the first SIGTERM/SIGINT (or stopService) on: no new session is accepted.
+        self.draining = False
+        # Fired by a second SIGTERM/SIGINT during the drain: close everything at once.
+        self._hurry: Deferred[None] = Deferred()
         tcp_endpoint = SSL4ServerEndpoint(reactor, port, tls, interface=host)
         _EndpointService(tcp_endpoint, site, f"tcp {host}:{port} (TLS)").setServiceParent(self)
         for description in listen or []:
@@ -280,11 +292,50 @@ class RelayService(MultiService):
 
     def startService(self) -> None:
         super().startService()
-        if hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
-            self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
+        if threading.current_thread() is threading.main_thread():
+            if hasattr(signal, "SIGHUP"):
+                self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
+            if self.stop_signals:
+                # After the reactor's own handlers, which reactor.run() installs.
+                self.reactor.callWhenRunning(self._install_stop_handlers)
 
     def _sighup(self, signum: int, frame: object) -> None:
         self.reactor.callFromThread(self.reload_certificates)
+
+    def _install_stop_handlers(self) -> None:
+        """SIGTERM and SIGINT: the first drains (see `stopService`), a second one during
+        the drain closes every session at once. The reactor's own handlers would call
+        ``reactor.stop()`` again, which raises ReactorNotRunning while it is stopping."""
+        if not self.running or threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous_stop_handlers[signum] = signal.signal(signum, self._stop_signal)
+
+    def _stop_signal(self, signum: int, frame: object) -> None:
+        self.reactor.callFromThread(self._stop_requested, signum)
+
+    def _stop_requested(self, signum: int) -> None:
+        if self.draining:
+            if not self._hurry.called:
+                _log.info(
+                    "{signal} during the drain: closing every session now",
+                    signal=signal.Signals(signum).name,
+                )
+                self._hurry.callback(None)
+            return
+        _log.info("{signal}: draining", signal=signal.Signals(signum).name)
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:
+            self._hurry.callback(None)
+
+    def _restore_signal_handlers(self) -> None:
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
+        handlers, self._previous_stop_handlers = self._previous_stop_handlers, {}
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
     async def tcp_ports(self) -> list[int]:
         """The TCP ports of the web side, in the order bind, then --listen, once listening."""
@@ -302,9 +353,10 @@ class RelayService(MultiService):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        if self._previous_sighup is not None:
-            signal.signal(signal.SIGHUP, self._previous_sighup)
-            self._previous_sighup = None
+        self.draining = True
+        # No newcomer from now on: the TCP listeners close, QUIC Initials go unanswered.
+        self.quic.refuse_new_connections()
+        listeners = [maybeDeferred(web.stop_listening) for web in self.web_services]
         if self.upstream is not None:
             await self.upstream.stop()
         peers = list(self.relay.peers)
@@ -314,8 +366,10 @@ class RelayService(MultiService):
             if peer.session.ready:
                 peer.session.send(c.GoAway(b""))
         deadline = self.reactor.seconds() + self.relay.config.drain_timeout
-        while self.relay.peers and self.reactor.seconds() < deadline:
+        while self.relay.peers and self.reactor.seconds() < deadline and not self._hurry.called:
             await deferLater(self.reactor, 0.05, lambda: None)
+        await DeferredList(listeners)
         for peer in list(self.relay.peers):
             peer.session.close(SessionErrorCode.NO_ERROR, "relay shutting down")
         await DeferredList([maybeDeferred(super().stopService), self.relay.reaper.when_idle()])
+        self._restore_signal_handlers()

@@ -308,6 +308,7 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
     """
     from moqrelay.service import RelayService, freeze_startup_objects
 
+    stop_signals = reactor is None
     if reactor is None:
         if "twisted.internet.reactor" not in sys.modules and hasattr(select, "epoll"):
             from moqrelay.reactor import install
@@ -359,4 +360,5 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
         announce_fingerprint=options["announce-fingerprint"],
         udp_buffer=options["udp-buffer"],
         cert_paths=list(zip(options["tls-cert"], options["tls-key"], strict=True)),
+        stop_signals=stop_signals,
     )

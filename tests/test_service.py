@@ -11,6 +11,7 @@ import os
 import random
 import signal
 import socket
+import sys
 import time
 import weakref
 from typing import Any, cast
@@ -18,7 +19,7 @@ from typing import Any, cast
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.endpoints import SSL4ClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import LogLevel, capturedLogs, formatEvent
@@ -43,6 +44,8 @@ from moqrelay.wire import control as c
 from moqrelay.wire.errors import PublishDoneCode, SessionErrorCode
 from tests.helpers import Recorder, recursion_headroom
 from tests.live import CHAIN, NS, RelayFixture, wait_until
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def send_groups(track: TrackPublisher, groups: int, per_group: int, size: int = 100) -> None:
@@ -790,3 +793,86 @@ class UdpBufferTests(SynchronousTestCase):
                 self.udp_socket().getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
             ),
         )
+
+
+class _Twistd(ProcessProtocol):
+    """A ``twistd -n moqrelay`` child: its output, and a Deferred for its end."""
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: Deferred[None] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(None)
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 for both TCP and UDP (the relay's --bind needs both)."""
+    for _ in range(20):
+        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            tcp.bind(("127.0.0.1", 0))
+            port = int(tcp.getsockname()[1])
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no port free for both TCP and UDP")
+
+
+class DrainSignalTests(TestCase):
+    """twistd as an operator runs it: SIGTERM drains and refuses newcomers; a second one
+    during the drain closes everything at once; no traceback in either order."""
+
+    timeout = 60
+
+    async def test_sigterm_refuses_newcomers_and_a_second_one_closes_at_once(self) -> None:
+        port = free_port()
+        child = _Twistd()
+        argv = ["twistd", "-n", "--pidfile=", "moqrelay", "--dev", "--bind", f"127.0.0.1:{port}"]
+        argv += ["--drain-timeout", "30"]
+        script = (
+            "import sys\nfrom twisted.scripts.twistd import run\nsys.argv = sys.argv[1:]\nrun()"
+        )
+        process = reactor.spawnProcess(
+            child,
+            sys.executable,
+            [sys.executable, "-c", script, *argv],
+            env=dict(os.environ, PYTHONPATH=REPO),
+        )
+
+        def kill() -> Deferred[None] | None:
+            if child.ended.called:
+                return None
+            process.signalProcess("KILL")
+            return child.ended
+
+        self.addCleanup(kill)
+        await wait_until(lambda: b"QUIC/WebTransport listening" in child.output)
+        await wait_until(lambda: b"WebSocket/HTTPS listening" in child.output)
+        stayer = await connect(reactor, f"wss://127.0.0.1:{port}/", verify=False)
+        process.signalProcess("TERM")
+        await wait_until(lambda: stayer.goaway is not None)
+        await deferLater(reactor, 0.5, lambda: None)
+        for scheme in ("wss", "moqt"):
+            attempt = connect(reactor, f"{scheme}://127.0.0.1:{port}/", verify=False, timeout=2)
+            try:
+                newcomer = await attempt
+            except Exception:
+                continue
+            newcomer.session.close()
+            self.fail(f"a new {scheme} session was accepted during the drain")
+        self.assertFalse(child.ended.called)
+        started = time.monotonic()
+        process.signalProcess("TERM")
+        await child.ended
+        self.assertLess(time.monotonic() - started, 10)
+        output = child.output.decode(errors="replace")
+        self.assertIn("closing every session now", output)
+        self.assertNotIn("Traceback", output)
+        self.assertNotIn("ReactorNotRunning", output)

@@ -599,6 +599,12 @@ class QuicEndpoint(DatagramProtocol):
         self._flush_call: IDelayedCall | None = None
         self._port_to_close: IListeningPort | None = None
         self._supported_versions = QuicConfiguration().supported_versions
+        self._accepting = True
+
+    def refuse_new_connections(self) -> None:
+        """Draining: from now on, Initial packets of new connections go unanswered (the
+        client's handshake times out); established connections carry on."""
+        self._accepting = False
 
     @property
     def connections(self) -> int:
@@ -653,6 +659,7 @@ class QuicEndpoint(DatagramProtocol):
         if connection is None:
             if (
                 self._server_configuration is None
+                or not self._accepting
                 or header.packet_type != QuicPacketType.INITIAL
                 or len(datagram) < SMALLEST_MAX_DATAGRAM_SIZE
             ):

@@ -304,7 +304,8 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
     Without a ``reactor``, the global one; if twistd has not installed one yet (no
     ``--reactor``), `moqrelay.reactor.PacedEPollReactor` where epoll exists. With the
     global reactor, the startup objects are also frozen out of the garbage collector
-    once it runs (`moqrelay.service.freeze_startup_objects`).
+    once it runs (`moqrelay.service.freeze_startup_objects`), and SIGTERM/SIGINT are the
+    service's: the first drains, a second one during the drain closes everything.
     """
     from moqrelay.service import RelayService, freeze_startup_objects
 

@@ -180,6 +180,14 @@ class Options(usage.Options):
             _positive(int, "max-namespaces"),
         ],
         [
+            "max-publishers",
+            None,
+            8,
+            "Publishers of one namespace (redundant encoders, or one that restarted "
+            "while its old session lingers).",
+            _positive(int, "max-publishers"),
+        ],
+        [
             "max-streams",
             None,
             10000,
@@ -334,6 +342,7 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
         drain_timeout=options["drain-timeout"],
         max_subscriptions=options["max-subscriptions"],
         max_namespaces=options["max-namespaces"],
+        max_publishers=options["max-publishers"],
         join_at_group_start=not options["strict-filters"],
     )
     limits = SessionLimits(

@@ -8,11 +8,12 @@ import weakref
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from moqrelay.client.api import RequestRejected
+from moqrelay.client.api import MoqtClient, RequestRejected, TrackPublisher
 from moqrelay.relay.config import RelayConfig
 from moqrelay.relay.serve import DownstreamStream
 from moqrelay.relay.subscription import FORGET_CHUNK
 from moqrelay.session import SessionLimits
+from moqrelay.testing import MemorySession
 from moqrelay.wire import control as c
 from moqrelay.wire.errors import (
     PublishDoneCode,
@@ -467,3 +468,100 @@ class ClientTests(SynchronousTestCase):
         settle(world.clock)
         self.assertFalse(side.closed)
         self.assertEqual([r.objects[0].payload for r in recorders], [b"video", b"audio"])
+
+
+class MultiplePublisherTests(SynchronousTestCase):
+    """Draft-14's Multiple Publishers: every publisher of a namespace feeds its tracks."""
+
+    def setUp(self) -> None:
+        self.world = MemoryRelay()
+        self.clock = self.world.clock
+
+    def publisher(self) -> tuple[MoqtClient, TrackPublisher, MemorySession]:
+        client, side, _ = self.world.connect()
+        d = client.announce(NS)
+        track = client.offer_track(NS, b"video")
+        settle(self.clock)
+        self.successResultOf(d)
+        return client, track, side
+
+    def test_a_restarted_encoder_is_served_while_its_old_session_lingers(self) -> None:
+        _, _, old_side = self.publisher()
+        # The old encoder is gone without a CONNECTION_CLOSE: its session lingers, unread.
+        old_side.pause_reading()
+        _, track, _ = self.publisher()
+        viewer, _, _ = self.world.connect()
+        rec = Recorder()
+        d = viewer.subscribe(NS, b"video", rec)
+        settle(self.clock)
+        self.successResultOf(d)
+        track.send_object(0, 0, b"from the new encoder")
+        settle(self.clock)
+        self.assertEqual(rec.ids(), [(0, 0)])
+        # The old session times out at last: the viewer carries on.
+        old_side.abort()
+        settle(self.clock)
+        track.send_object(0, 1, b"still here")
+        settle(self.clock)
+        self.assertEqual(rec.ids(), [(0, 0), (0, 1)])
+
+    def test_redundant_publishers_one_vanishes_no_gap_no_duplicate(self) -> None:
+        _, first, first_side = self.publisher()
+        _, second, _ = self.publisher()
+        viewer, _, _ = self.world.connect()
+        rec = Recorder()
+        viewer.subscribe(NS, b"video", rec)
+        settle(self.clock)
+        (relay_track,) = self.world.relay.tracks.values()
+        self.assertEqual(len(relay_track.sources), 2)
+        for group in range(3):
+            for obj in range(5):
+                for track in (first, second):
+                    track.send_object(group, obj, b"%d.%d" % (group, obj))
+                if (group, obj) == (1, 2):
+                    first_side.abort()
+                settle(self.clock)
+            second.end_subgroup(group)
+        settle(self.clock)
+        self.assertEqual(rec.ids(), [(g, o) for g in range(3) for o in range(5)])
+        self.assertEqual(len(relay_track.sources), 1)
+
+    def test_a_publisher_that_numbers_groups_anew_restarts_the_track(self) -> None:
+        _, old, old_side = self.publisher()
+        viewer, _, _ = self.world.connect()
+        d = viewer.subscribe(NS, b"video", Recorder())
+        settle(self.clock)
+        sub = self.successResultOf(d)
+        for group in range(6):
+            old.send_object(group, 0, b"old")
+        settle(self.clock)
+        old_side.pause_reading()
+        _, new, _ = self.publisher()
+        new.send_object(0, 0, b"new numbering")
+        settle(self.clock)
+        done = self.successResultOf(sub.done)
+        self.assertEqual(done.status_code, PublishDoneCode.TRACK_ENDED)
+        self.assertIn("restarted", done.reason)
+        # Subscribing again gets the new encoder's track from its next object on.
+        rec = Recorder()
+        again = viewer.subscribe(NS, b"video", rec)
+        settle(self.clock)
+        self.successResultOf(again)
+        new.send_object(0, 1, b"after the restart")
+        settle(self.clock)
+        self.assertEqual([o.payload for o in rec.objects], [b"after the restart"])
+
+    def test_a_publishers_done_leaves_the_track_to_the_others(self) -> None:
+        _, first, _ = self.publisher()
+        _, second, _ = self.publisher()
+        viewer, _, _ = self.world.connect()
+        rec = Recorder()
+        d = viewer.subscribe(NS, b"video", rec)
+        settle(self.clock)
+        sub = self.successResultOf(d)
+        first.end(PublishDoneCode.TRACK_ENDED, "first encoder stops")
+        settle(self.clock)
+        self.assertNoResult(sub.done)
+        second.send_object(0, 0, b"second goes on")
+        settle(self.clock)
+        self.assertEqual(rec.ids(), [(0, 0)])

@@ -15,7 +15,7 @@ from moqrelay.relay.namespaces import (
     is_prefix,
 )
 from moqrelay.relay.reaper import Reaper
-from moqrelay.relay.tracks import Track
+from moqrelay.relay.tracks import Source, Track
 from moqrelay.wire import control as c
 from moqrelay.wire.errors import NamespaceErrorCode, SubscribeNamespaceErrorCode
 from tests.fakes import FakePeer, FakeSession
@@ -37,13 +37,20 @@ class RegistryTests(SynchronousTestCase):
         self.assertEqual(registry.lookup((b"a", b"x")), "short")
         self.assertIsNone(registry.lookup((b"z",)))
 
-    def test_a_namespace_has_one_owner_and_only_it_removes_it(self) -> None:
+    def test_a_namespace_has_its_publishers_newest_last(self) -> None:
         registry: NamespaceRegistry[str] = NamespaceRegistry()
         self.assertTrue(registry.add((b"a",), "one"))
+        self.assertTrue(registry.add((b"a",), "two"))
         self.assertFalse(registry.add((b"a",), "two"))
-        self.assertFalse(registry.remove((b"a",), "two"))
+        self.assertEqual(registry.owners((b"a",)), ["one", "two"])
+        self.assertEqual(registry.lookup((b"a", b"x")), "two")
+        self.assertEqual(registry.lookup_all((b"a", b"x")), ["one", "two"])
+        self.assertFalse(registry.remove((b"a",), "three"))
+        self.assertTrue(registry.remove((b"a",), "two"))
+        self.assertEqual(registry.owner((b"a",)), "one")
         self.assertTrue(registry.remove((b"a",), "one"))
         self.assertEqual(len(registry), 0)
+        self.assertNotIn((b"a",), registry)
 
     def test_under_lists_the_namespaces_a_prefix_covers(self) -> None:
         registry: NamespaceRegistry[str] = NamespaceRegistry()
@@ -63,7 +70,7 @@ class DirectoryTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.directory: NamespaceDirectory[FakePeer] = NamespaceDirectory(
-            Reaper(self.clock), max_namespaces=2
+            Reaper(self.clock), max_namespaces=2, max_publishers=2
         )
 
     def announce(self, peer: FakePeer, namespace: c.Namespace, request_id: int = 0) -> None:
@@ -94,19 +101,42 @@ class DirectoryTests(SynchronousTestCase):
         self.announce(edge, (b"x",))
         self.assertEqual(upstream.session.of_type(c.PublishNamespace), [])
 
-    def test_duplicates_and_the_per_session_limit_are_refused(self) -> None:
-        first, second = FakePeer("1"), FakePeer("2")
+    def test_several_publishers_up_to_the_limit_and_no_repeat_per_session(self) -> None:
+        first, second, third, watcher = FakePeer("1"), FakePeer("2"), FakePeer("3"), FakePeer("w")
+        self.watch(watcher, ())
         self.announce(first, (b"a",))
         self.announce(second, (b"a",), request_id=2)
-        (error,) = second.session.sent
-        assert isinstance(error, c.PublishNamespaceError)
-        self.assertEqual(error.error_code, NamespaceErrorCode.UNINTERESTED)
-        self.announce(first, (b"b",), request_id=2)
-        self.announce(first, (b"c",), request_id=4)
+        self.assertEqual(second.session.sent, [c.PublishNamespaceOk(2)])
+        self.assertEqual(self.directory.publishers((b"a", b"x")), [first, second])
+        self.assertEqual(self.directory.lookup((b"a",)), second)
+        self.assertEqual(self.directory.lookup((b"a",), exclude=second), first)
+        # Watchers hear of the namespace once, from its first publisher.
+        self.assertEqual(len(watcher.session.of_type(c.PublishNamespace)), 1)
+        for peer, namespace in [(third, (b"a",)), (first, (b"a",))]:
+            self.announce(peer, namespace, request_id=4)
+            error = peer.session.sent[-1]
+            assert isinstance(error, c.PublishNamespaceError)
+            self.assertEqual(error.error_code, NamespaceErrorCode.INTERNAL_ERROR)
+        self.assertIn(
+            "too many publishers", cast(c.PublishNamespaceError, third.session.sent[-1]).reason
+        )
+        self.announce(first, (b"b",), request_id=6)
+        self.announce(first, (b"c",), request_id=8)
         error = first.session.sent[-1]
         assert isinstance(error, c.PublishNamespaceError)
-        self.assertEqual(error.error_code, NamespaceErrorCode.INTERNAL_ERROR)
+        self.assertIn("too many namespaces", error.reason)
         self.assertEqual(first.namespaces, {(b"a",), (b"b",)})
+
+    def test_a_namespace_is_withdrawn_with_its_last_publisher(self) -> None:
+        first, second, watcher = FakePeer("1"), FakePeer("2"), FakePeer("w")
+        self.watch(watcher, ())
+        self.announce(first, (b"a",))
+        self.announce(second, (b"a",))
+        self.directory.withdraw(first, (b"a",))
+        self.assertEqual(watcher.session.of_type(c.PublishNamespaceDone), [])
+        self.directory.peer_gone(second)
+        settle(self.clock)
+        self.assertEqual(len(watcher.session.of_type(c.PublishNamespaceDone)), 1)
 
     def test_watching_sends_what_exists_and_refuses_overlaps(self) -> None:
         publisher, watcher = FakePeer("p"), FakePeer("w")
@@ -115,7 +145,7 @@ class DirectoryTests(SynchronousTestCase):
         live.state = Track.LIVE
         own = Track(((b"live", b"a"), b"own"), 4, 1 << 20)
         own.state = Track.LIVE
-        own.publisher = watcher
+        own.sources[watcher] = Source(watcher)
         pending = Track(((b"live", b"a"), b"later"), 4, 1 << 20)
         self.watch(watcher, (b"live",), [live, own, pending])
         self.assertEqual(watcher.offered, [live])
@@ -145,12 +175,16 @@ class DirectoryTests(SynchronousTestCase):
         self.announce(publisher, (b"b",), request_id=2)
         self.directory.peer_gone(publisher)
         self.assertEqual(publisher.namespaces, set())
+        self.assertIsNone(self.directory.lookup((b"a",)))
+        # A successor announces before the news of the withdrawal went out: for the
+        # watcher, (a) never went away.
         self.announce(successor, (b"a",))
         self.assertEqual(successor.session.sent, [c.PublishNamespaceOk(0)])
         self.assertEqual(watcher.session.of_type(c.PublishNamespaceDone), [])
         settle(self.clock)
         done = cast(list[c.PublishNamespaceDone], watcher.session.of_type(c.PublishNamespaceDone))
-        self.assertEqual(sorted(m.namespace for m in done), [(b"a",), (b"b",)])
+        self.assertEqual([m.namespace for m in done], [(b"b",)])
+        self.assertEqual(len(watcher.session.of_type(c.PublishNamespace)), 2)
         self.directory.peer_gone(watcher)
         self.assertEqual(self.directory.watching, {})
 

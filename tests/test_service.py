@@ -876,3 +876,37 @@ class DrainSignalTests(TestCase):
         self.assertIn("closing every session now", output)
         self.assertNotIn("Traceback", output)
         self.assertNotIn("ReactorNotRunning", output)
+
+
+class PublisherTakeoverTests(RelayFixture):
+    """An encoder killed without a CONNECTION_CLOSE and restarted at once (issue 14)."""
+
+    async def test_a_restarted_publisher_is_served_while_the_dead_one_lingers(self) -> None:
+        await self.start_relay()
+        child = _Twistd()
+        script = "import sys\nfrom moqrelay.client.tools import pub_main\npub_main(sys.argv[1:])"
+        argv = [self.url("moqt"), "-k", "-N", "live/demo", "-T", "video", "--rate", "30"]
+        process = reactor.spawnProcess(
+            child,
+            sys.executable,
+            [sys.executable, "-c", script, *argv],
+            env=dict(os.environ, PYTHONPATH=REPO),
+        )
+        await wait_until(lambda: NS in self.service.relay.namespaces)
+        (dead,) = self.service.relay.namespaces.owners(NS)
+        process.signalProcess("KILL")
+        await child.ended
+        # Its session lingers: nothing told the relay (no CONNECTION_CLOSE).
+        self.assertIn(dead, self.service.relay.peers)
+        _, track = await self.publisher("moqt")
+        self.assertEqual(len(self.service.relay.namespaces.owners(NS)), 2)
+        viewer = await self.client("wss")
+        rec = Recorder()
+        started = time.monotonic()
+        subscribed = viewer.subscribe(NS, b"video", rec)
+        await wait_until(lambda: len(track.subscribers) == 1, timeout=3)
+        track.send_object(0, 0, b"from the restarted encoder")
+        await subscribed
+        await wait_until(lambda: len(rec.objects) == 1, timeout=3)
+        self.assertLess(time.monotonic() - started, 3)
+        self.assertEqual(rec.objects[0].payload, b"from the restarted encoder")

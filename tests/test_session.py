@@ -409,13 +409,14 @@ class RandomSequenceTests(SynchronousTestCase):
                 if sub.state in ("pending", "active"):
                     self.assertIn(sub, sub.track.subscriptions)
             for namespace in peer.namespaces:
-                self.assertIs(relay.namespaces.owner(namespace), peer)
+                self.assertIn(peer, relay.namespaces.owners(namespace))
             for request_id, upstream in peer.upstream.items():
-                self.assertEqual(upstream.upstream_request_id, request_id)
+                self.assertEqual(upstream.sources[peer].request_id, request_id)
         for key, track in relay.tracks.items():
             self.assertEqual(track.key, key)
             self.assertNotEqual(track.state, "ended")
-            self.assertIn(track.publisher, relay.peers)
+            for publisher in track.sources:
+                self.assertIn(publisher, relay.peers)
             for viewer in track.subscriptions:
                 assert isinstance(viewer, Subscription) and isinstance(viewer.viewer, RelayPeer)
                 self.assertIs(viewer.viewer.subscriptions.get(viewer.request_id), viewer)

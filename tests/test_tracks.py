@@ -39,7 +39,8 @@ class EvictionTests(SynchronousTestCase):
         self.assertEqual(len(rec.objects), 30)
         # The relay stopped the publisher's stream of the evicted group.
         self.assertEqual(old_stream.reset_code, 0x1)  # type: ignore[attr-defined]
-        self.assertEqual(relay_track.upstream_open, 2)
+        (source,) = relay_track.sources.values()
+        self.assertEqual(source.open, 2)
 
 
 class RecordingViewer:
@@ -72,8 +73,8 @@ class CacheTests(SynchronousTestCase):
         self.viewer = RecordingViewer()
         self.track.subscriptions[self.viewer] = None
 
-    def add(self, group: int, payload: bytes = b"x") -> Subgroup:
-        subgroup = self.track.open_subgroup(group, 0, 128, False)
+    def add(self, group: int, payload: bytes = b"x", subgroup_id: int = 0) -> Subgroup:
+        subgroup = self.track.open_subgroup(group, subgroup_id, 128, False)
         self.track.add_object(subgroup, 0, payload, 0, b"")
         return subgroup
 
@@ -92,7 +93,7 @@ class CacheTests(SynchronousTestCase):
     def test_the_oldest_groups_leave_past_the_group_bound_and_release_their_source(self) -> None:
         released: list[int] = []
         first = self.add(0)
-        first.release = lambda: released.append(0)
+        first.releases.append(lambda: released.append(0))
         self.add(1)
         self.add(2)
         self.assertEqual(sorted(self.track.groups), [1, 2])
@@ -106,7 +107,7 @@ class CacheTests(SynchronousTestCase):
         self.add(0, b"a" * 6000)
         self.add(1, b"b" * 6000)
         self.assertEqual(sorted(self.track.groups), [1])
-        self.add(1, b"c" * 6000)
+        self.add(1, b"c" * 6000, subgroup_id=1)
         self.assertEqual(sorted(self.track.groups), [1])
         self.assertGreater(self.track.cached_bytes, self.track.max_bytes)
 

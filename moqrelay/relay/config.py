@@ -21,4 +21,5 @@ class RelayConfig:
     drain_timeout: float = 5.0
     max_subscriptions: int = 1000
     max_namespaces: int = 100
+    max_publishers: int = 8
     join_at_group_start: bool = True

@@ -22,11 +22,16 @@ from twisted.internet.interfaces import IReactorTime
 from moqrelay.auth import Authorizer, DenialLog
 from moqrelay.relay import fetch
 from moqrelay.relay.config import RelayConfig
-from moqrelay.relay.namespaces import Namespace, NamespaceDirectory, format_namespace
+from moqrelay.relay.namespaces import (
+    Namespace,
+    NamespaceDirectory,
+    format_namespace,
+    is_prefix,
+)
 from moqrelay.relay.peer import RelayPeer
 from moqrelay.relay.reaper import Reaper
 from moqrelay.relay.subscription import Subscription
-from moqrelay.relay.tracks import Track, TrackKey
+from moqrelay.relay.tracks import Source, Track, TrackKey
 from moqrelay.session import MoqtSession, SessionApp
 from moqrelay.wire import control as c
 from moqrelay.wire.errors import PublishDoneCode, SubscribeErrorCode
@@ -53,9 +58,9 @@ class Relay:
         self.denials = DenialLog()
         self.reaper = reaper or Reaper(reactor)
         self.directory: NamespaceDirectory[RelayPeer] = NamespaceDirectory(
-            self.reaper, self.config.max_namespaces
+            self.reaper, self.config.max_namespaces, self.config.max_publishers
         )
-        # Announced namespace -> publisher (the directory's registry).
+        # Announced namespace -> its publishers (the directory's registry).
         self.namespaces = self.directory.registry
         self.tracks: dict[TrackKey, Track] = {}
         self.peers: dict[RelayPeer, None] = {}
@@ -115,21 +120,36 @@ class Relay:
     def track_for(self, namespace: Namespace, name: bytes, viewer: RelayPeer) -> Track | None:
         """The live or pending track, or a new one subscribed upstream; None if nobody has it.
 
-        With no local publisher, a viewer's request is pulled through the --announce
-        relay; another relay's request never is (no loops).
+        A new track is subscribed to every publisher of the longest announced prefix
+        of its namespace. With none, a viewer's request is pulled through the
+        --announce relay; another relay's request never is (no loops).
         """
         key: TrackKey = (namespace, name)
         track = self.tracks.get(key)
         if track is not None:
             return track
-        publisher = self.directory.lookup(namespace)
-        if publisher is None and not viewer.is_relay:
-            publisher = self.upstream_peer
-        if publisher is None:
+        publishers = self.directory.publishers(namespace)
+        upstream = self.upstream_peer
+        if not publishers and upstream is not None and not viewer.is_relay:
+            publishers = [upstream]
+        if not publishers:
             return None
         track = self.new_track(key)
-        publisher.subscribe_upstream(track)
+        for publisher in publishers:
+            publisher.subscribe_upstream(track)
         return track
+
+    def publisher_announced(self, publisher: RelayPeer, namespace: Namespace) -> None:
+        """A new publisher of ``namespace``: it feeds the tracks under it from now on too
+        (redundancy, or an encoder that restarted while its old session lingers)."""
+        for track in list(self.tracks.values()):
+            if (
+                track.state != Track.ENDED
+                and publisher not in track.sources
+                and is_prefix(namespace, track.namespace)
+                and publisher in self.directory.publishers(track.namespace)
+            ):
+                publisher.subscribe_upstream(track)
 
     def new_track(self, key: TrackKey) -> Track:
         track = Track(key, self.config.cache_groups, self.config.cache_bytes)
@@ -150,6 +170,42 @@ class Relay:
         for sub in list(track.subscriptions):
             sub.activate()
 
+    def source_live(
+        self, track: Track, source: Source, group_order: int, largest: c.Location | None
+    ) -> None:
+        """A publisher answered SUBSCRIBE_OK: the first one makes the track live."""
+        source.live = True
+        if track.state == Track.PENDING:
+            self.track_live(track, group_order, largest)
+        elif largest is not None and (track.largest is None or largest > track.largest):
+            track.largest = largest
+
+    def source_failed(self, track: Track, source: Source, code: int, reason: str) -> None:
+        """A publisher refused the track: the track fails only once every publisher has."""
+        self._drop_source(track, source)
+        if track.sources:
+            return
+        if track.state == Track.PENDING:
+            self.track_failed(track, code, reason)
+        else:
+            self.end_track(track, PublishDoneCode.TRACK_ENDED, reason)
+
+    def source_gone(self, track: Track, source: Source, status: int, reason: str) -> None:
+        """A publisher's session ended: the track ends with its last publisher."""
+        if track.state == Track.ENDED:
+            return
+        self._drop_source(track, source)
+        if not track.sources:
+            self.end_track(track, status, reason)
+
+    def restart_track(self, track: Track, reason: str) -> None:
+        """A publisher numbers the track's groups anew, below what the relay has passed:
+        the viewers get PUBLISH_DONE and subscribe again, to a fresh track (an epoch)."""
+        for source in list(track.sources.values()):
+            source.publisher.unsubscribe_upstream(track)
+            self._drop_source(track, source)
+        self.end_track(track, PublishDoneCode.TRACK_ENDED, reason)
+
     def track_failed(self, track: Track, code: int, reason: str) -> None:
         self._forget_track(track)
         subs = list(track.subscriptions)
@@ -158,7 +214,7 @@ class Relay:
             sub.fail(code, reason)
 
     def end_track(self, track: Track, status: int, reason: str) -> None:
-        """The publisher ended the track (PUBLISH_DONE) or went away.
+        """The publishers ended the track (PUBLISH_DONE) or went away.
 
         Open subgroups are marked closed here without telling anyone; each
         subscription then finishes its own streams (which now see their subgroups
@@ -180,45 +236,54 @@ class Relay:
         self.reaper.extend([partial(sub.end, status, reason) for sub in subs])
 
     def track_unwatched(self, track: Track) -> None:
-        """A viewer left; the last one out cancels the upstream subscription."""
+        """A viewer left; the last one out cancels the upstream subscriptions."""
         if track.subscriptions or track.state == Track.ENDED or track.pushed:
             return
-        publisher = track.publisher
         self._forget_track(track)
-        if publisher is not None:
-            publisher.unsubscribe_upstream(track)
+        for source in list(track.sources.values()):
+            source.publisher.unsubscribe_upstream(track)
+            self._drop_source(track, source)
 
-    def publish_done_received(self, track: Track, status: int, reason: str, streams: int) -> None:
-        """The publisher's PUBLISH_DONE: end once its streams are in, or after the drain time."""
-        track.pending_done = (status, reason, streams)
-        if not self.maybe_finish(track):
-            track.done_timer = self.reactor.callLater(
-                self.config.drain_timeout, self.finish_track, track
+    def publish_done_received(
+        self, track: Track, source: Source, status: int, reason: str, streams: int
+    ) -> None:
+        """A publisher's PUBLISH_DONE: it stops feeding the track once its streams are in,
+        or after the drain time."""
+        source.pending_done = (status, reason, streams)
+        if not self.maybe_finish(track, source):
+            source.done_timer = self.reactor.callLater(
+                self.config.drain_timeout, self.finish_source, track, source
             )
 
-    def maybe_finish(self, track: Track) -> bool:
-        pending = track.pending_done
+    def maybe_finish(self, track: Track, source: Source) -> bool:
+        pending = source.pending_done
         if pending is None:
             return False
         streams = pending[2]
-        complete = streams == UNKNOWN_STREAM_COUNT or track.upstream_streams >= streams
-        if complete and track.upstream_open == 0:
-            self.finish_track(track)
+        complete = streams == UNKNOWN_STREAM_COUNT or source.streams >= streams
+        if complete and source.open == 0:
+            self.finish_source(track, source)
             return True
         return False
 
-    def finish_track(self, track: Track) -> None:
-        pending = track.pending_done
-        publisher = track.publisher
-        if pending is None:
+    def finish_source(self, track: Track, source: Source) -> None:
+        pending = source.pending_done
+        if pending is None or track.sources.get(source.publisher) is not source:
             return
-        if publisher is not None:
-            publisher.forget_upstream(track)
-        self.end_track(track, pending[0], pending[1])
+        source.publisher.forget_upstream(track)
+        self._drop_source(track, source)
+        if not track.sources:
+            self.end_track(track, pending[0], pending[1])
+
+    def _drop_source(self, track: Track, source: Source) -> None:
+        source.cancel_done_timer()
+        if track.sources.get(source.publisher) is source:
+            del track.sources[source.publisher]
 
     def _forget_track(self, track: Track) -> None:
         track.state = Track.ENDED
-        track.cancel_done_timer()
+        for source in track.sources.values():
+            source.cancel_done_timer()
         if self.tracks.get(track.key) is track:
             del self.tracks[track.key]
         track.drop_cache()
@@ -247,4 +312,10 @@ class Relay:
             status, reason = PublishDoneCode.GOING_AWAY, "upstream relay disconnected"
         else:
             status, reason = PublishDoneCode.TRACK_ENDED, "publisher disconnected"
-        self.reaper.extend([partial(self.end_track, track, status, reason) for track in tracks])
+        self.reaper.extend(
+            [
+                partial(self.source_gone, track, source, status, reason)
+                for track in tracks
+                if (source := track.sources.get(peer)) is not None
+            ]
+        )

@@ -1,6 +1,6 @@
 """Relay layer: announced namespaces (who publishes what), prefix lookup and watchers.
 
-`NamespaceRegistry` maps each announced namespace to its publisher and finds
+`NamespaceRegistry` maps each announced namespace to its publishers and finds
 the longest announced prefix of a track's namespace. `NamespaceDirectory`
 handles PUBLISH_NAMESPACE, PUBLISH_NAMESPACE_DONE, SUBSCRIBE_NAMESPACE and
 UNSUBSCRIBE_NAMESPACE for the relay: it tells watching peers and the
@@ -34,10 +34,14 @@ def format_namespace(namespace: Namespace) -> str:
 
 
 class NamespaceRegistry(Generic[Owner]):
-    """Exact namespaces to their announcing owner, looked up by longest prefix."""
+    """Announced namespaces to their publishers (oldest first), looked up by longest prefix.
+
+    Draft-14 lets several publishers announce one namespace; the newest is the one a
+    single request (FETCH, TRACK_STATUS) goes to, and a track is subscribed to all.
+    """
 
     def __init__(self) -> None:
-        self._owners: dict[Namespace, Owner] = {}
+        self._owners: dict[Namespace, list[Owner]] = {}
 
     def __len__(self) -> int:
         return len(self._owners)
@@ -46,23 +50,34 @@ class NamespaceRegistry(Generic[Owner]):
         return namespace in self._owners
 
     def items(self) -> list[tuple[Namespace, Owner]]:
-        return list(self._owners.items())
+        """Every (namespace, publisher) pair."""
+        return [(ns, owner) for ns, owners in self._owners.items() for owner in owners]
+
+    def owners(self, namespace: Namespace) -> list[Owner]:
+        """The publishers of exactly ``namespace``, oldest first."""
+        return list(self._owners.get(namespace, ()))
 
     def owner(self, namespace: Namespace) -> Owner | None:
-        return self._owners.get(namespace)
+        """The newest publisher of exactly ``namespace``."""
+        owners = self._owners.get(namespace)
+        return owners[-1] if owners else None
 
     def add(self, namespace: Namespace, owner: Owner) -> bool:
-        """Register ``namespace``; False if someone already announced it."""
-        if namespace in self._owners:
+        """Register ``owner`` for ``namespace``; False if it already is."""
+        owners = self._owners.setdefault(namespace, [])
+        if owner in owners:
             return False
-        self._owners[namespace] = owner
+        owners.append(owner)
         return True
 
     def remove(self, namespace: Namespace, owner: Owner) -> bool:
-        """Withdraw ``namespace`` if ``owner`` holds it."""
-        if self._owners.get(namespace) is not owner:
+        """Withdraw ``owner``'s announcement of ``namespace``; False if it had none."""
+        owners = self._owners.get(namespace)
+        if owners is None or owner not in owners:
             return False
-        del self._owners[namespace]
+        owners.remove(owner)
+        if not owners:
+            del self._owners[namespace]
         return True
 
     def under(self, prefix: Namespace) -> list[Namespace]:
@@ -70,14 +85,19 @@ class NamespaceRegistry(Generic[Owner]):
         size = len(prefix)
         return [ns for ns in self._owners if ns[:size] == prefix]
 
-    def lookup(self, track_namespace: Namespace) -> Owner | None:
-        """The owner of the longest announced prefix of ``track_namespace``."""
+    def lookup_all(self, track_namespace: Namespace) -> list[Owner]:
+        """The publishers of the longest announced prefix of ``track_namespace``."""
         owners = self._owners
         for end in range(len(track_namespace), 0, -1):
-            owner = owners.get(track_namespace[:end])
-            if owner is not None:
-                return owner
-        return None
+            found = owners.get(track_namespace[:end])
+            if found:
+                return list(found)
+        return []
+
+    def lookup(self, track_namespace: Namespace) -> Owner | None:
+        """The newest publisher of the longest announced prefix of ``track_namespace``."""
+        found = self.lookup_all(track_namespace)
+        return found[-1] if found else None
 
 
 def is_prefix(prefix: Namespace, namespace: Namespace) -> bool:
@@ -122,17 +142,29 @@ class NamespaceDirectory(Generic[P]):
     another relay is never sent upstream (no loops).
     """
 
-    def __init__(self, reaper: Reaper, max_namespaces: int) -> None:
+    def __init__(self, reaper: Reaper, max_namespaces: int, max_publishers: int) -> None:
         self.reaper = reaper
         self.max_namespaces = max_namespaces
+        self.max_publishers = max_publishers
         self.registry: NamespaceRegistry[P] = NamespaceRegistry()
         # Peers with at least one SUBSCRIBE_NAMESPACE: the only ones scanned on a change.
         self.watching: dict[P, None] = {}
         # The --announce session, once its SETUP is done.
         self.upstream: P | None = None
+        # Namespaces whose last publisher's session ended, their PUBLISH_NAMESPACE_DONE
+        # still queued on the reaper.
+        self._withdrawing: set[Namespace] = set()
 
-    def lookup(self, namespace: Namespace) -> P | None:
-        return self.registry.lookup(namespace)
+    def lookup(self, namespace: Namespace, exclude: P | None = None) -> P | None:
+        """The newest publisher (other than ``exclude``) of the longest announced prefix."""
+        for owner in reversed(self.registry.lookup_all(namespace)):
+            if owner is not exclude:
+                return owner
+        return None
+
+    def publishers(self, namespace: Namespace) -> list[P]:
+        """Every publisher of the longest announced prefix of ``namespace``."""
+        return self.registry.lookup_all(namespace)
 
     def watchers(self, namespace: Namespace, exclude: P | None) -> list[P]:
         """Peers whose SUBSCRIBE_NAMESPACE covers ``namespace`` (and who may see it)."""
@@ -144,43 +176,55 @@ class NamespaceDirectory(Generic[P]):
             and peer.may_see(namespace)
         ]
 
-    def announce(self, peer: P, msg: c.PublishNamespace) -> None:
-        """A PUBLISH_NAMESPACE the peer's token allows: register it or refuse it."""
+    def announce(self, peer: P, msg: c.PublishNamespace) -> bool:
+        """A PUBLISH_NAMESPACE the peer's token allows: register it (True) or refuse it.
+
+        Several publishers may announce one namespace (redundant encoders, or one that
+        restarted while its old session lingers), up to ``max_publishers``; watchers and
+        the --announce relay hear of the namespace when its first publisher comes.
+        """
         namespace = msg.namespace
         name = format_namespace(namespace)
+        refusal = None
         if len(peer.namespaces) >= self.max_namespaces:
+            refusal = f"too many namespaces (limit {self.max_namespaces})"
+        elif namespace in peer.namespaces:
+            refusal = f"{name} is already announced on this session"
+        elif len(self.registry.owners(namespace)) >= self.max_publishers:
+            refusal = f"{name} has too many publishers (limit {self.max_publishers})"
+        if refusal is not None:
             peer.session.send(
-                c.PublishNamespaceError(
-                    msg.request_id,
-                    NamespaceErrorCode.INTERNAL_ERROR,
-                    f"too many namespaces (limit {self.max_namespaces})",
-                )
+                c.PublishNamespaceError(msg.request_id, NamespaceErrorCode.INTERNAL_ERROR, refusal)
             )
-            return
-        if not self.registry.add(namespace, peer):
-            peer.session.send(
-                c.PublishNamespaceError(
-                    msg.request_id,
-                    NamespaceErrorCode.UNINTERESTED,
-                    f"{name} is already announced by another publisher",
-                )
-            )
-            return
+            return False
+        # A namespace announced again before the news of its withdrawal went out is,
+        # for watchers, a namespace that never went away.
+        first = namespace not in self.registry and namespace not in self._withdrawing
+        self._withdrawing.discard(namespace)
+        self.registry.add(namespace, peer)
         peer.namespaces.add(namespace)
-        _log.info("{peer} announced {ns}", peer=peer.name, ns=name)
+        _log.info(
+            "{peer} announced {ns} ({n} publishers)",
+            peer=peer.name,
+            ns=name,
+            n=len(self.registry.owners(namespace)),
+        )
         peer.session.send(c.PublishNamespaceOk(msg.request_id))
+        if not first:
+            return True
         for watcher in self.watchers(namespace, peer):
             send_publish_namespace(watcher.session, namespace)
         upstream = self.upstream
         if upstream is not None and not peer.is_relay:
             send_publish_namespace(upstream.session, namespace)
+        return True
 
     def withdraw(self, peer: P, namespace: Namespace) -> None:
         """PUBLISH_NAMESPACE_DONE: the peer no longer publishes ``namespace``."""
         if namespace not in peer.namespaces:
             return
         peer.namespaces.discard(namespace)
-        if self.registry.remove(namespace, peer):
+        if self.registry.remove(namespace, peer) and namespace not in self.registry:
             self._withdrawn(namespace, peer)
 
     def _withdrawn(self, namespace: Namespace, owner: P) -> None:
@@ -208,12 +252,12 @@ class NamespaceDirectory(Generic[P]):
         self.watching[peer] = None
         peer.session.send(c.SubscribeNamespaceOk(msg.request_id))
         for namespace in self.registry.under(prefix):
-            if self.registry.owner(namespace) is not peer:
+            if self.registry.owners(namespace) != [peer]:
                 send_publish_namespace(peer.session, namespace)
         for track in list(live):
             if (
                 track.state == Track.LIVE
-                and track.publisher is not peer
+                and peer not in track.sources
                 and is_prefix(prefix, track.namespace)
             ):
                 peer.offer(track)
@@ -227,9 +271,9 @@ class NamespaceDirectory(Generic[P]):
     def upstream_ready(self, peer: P) -> None:
         """The --announce session is up: announce every namespace local publishers hold."""
         self.upstream = peer
-        for namespace, owner in self.registry.items():
-            if not owner.is_relay:
-                send_publish_namespace(peer.session, namespace)
+        local = {namespace for namespace, owner in self.registry.items() if not owner.is_relay}
+        for namespace in sorted(local):
+            send_publish_namespace(peer.session, namespace)
 
     def peer_gone(self, peer: P) -> None:
         """Forget a closed session's namespaces and watches.
@@ -243,5 +287,13 @@ class NamespaceDirectory(Generic[P]):
             self.upstream = None
         namespaces, peer.namespaces = peer.namespaces, set()
         peer.namespace_subscriptions = {}
-        withdrawn = [ns for ns in namespaces if self.registry.remove(ns, peer)]
-        self.reaper.extend([partial(self._withdrawn, ns, peer) for ns in withdrawn])
+        withdrawn = [
+            ns for ns in namespaces if self.registry.remove(ns, peer) and ns not in self.registry
+        ]
+        self._withdrawing.update(withdrawn)
+        self.reaper.extend([partial(self._withdraw_later, ns, peer) for ns in withdrawn])
+
+    def _withdraw_later(self, namespace: Namespace, owner: P) -> None:
+        if namespace in self._withdrawing:
+            self._withdrawing.discard(namespace)
+            self._withdrawn(namespace, owner)

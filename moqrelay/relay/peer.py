@@ -34,7 +34,7 @@ from moqrelay.relay.namespaces import (
 from moqrelay.relay.reaper import Reaper
 from moqrelay.relay.serve import SessionWriter
 from moqrelay.relay.subscription import Subscription
-from moqrelay.relay.tracks import Track, TrackKey
+from moqrelay.relay.tracks import Source, Subgroup, Track, TrackKey
 from moqrelay.session import RELAY_IMPLEMENTATION, IncomingData, MoqtSession
 from moqrelay.wire import control as c
 from moqrelay.wire.data import (
@@ -77,15 +77,23 @@ class Hub(Protocol):
 
     def track_live(self, track: Track, group_order: int, largest: c.Location | None) -> None: ...
 
-    def track_failed(self, track: Track, code: int, reason: str) -> None: ...
+    def source_live(
+        self, track: Track, source: Source, group_order: int, largest: c.Location | None
+    ) -> None: ...
+
+    def source_failed(self, track: Track, source: Source, code: int, reason: str) -> None: ...
+
+    def restart_track(self, track: Track, reason: str) -> None: ...
 
     def track_unwatched(self, track: Track) -> None: ...
 
+    def publisher_announced(self, publisher: RelayPeer, namespace: Namespace) -> None: ...
+
     def publish_done_received(
-        self, track: Track, status: int, reason: str, streams: int
+        self, track: Track, source: Source, status: int, reason: str, streams: int
     ) -> None: ...
 
-    def maybe_finish(self, track: Track) -> bool: ...
+    def maybe_finish(self, track: Track, source: Source) -> bool: ...
 
     def peer_gone(self, peer: RelayPeer) -> None: ...
 
@@ -141,14 +149,13 @@ class RelayPeer:
         return self.subscriptions.get(request_id)
 
     def fetch_source(self, namespace: Namespace) -> RelayPeer | None:
-        publisher = self.relay.directory.lookup(namespace)
+        publisher = self.relay.directory.lookup(namespace, exclude=self)
         if publisher is None and not self.is_relay:
             publisher = self.relay.upstream_peer
         return publisher if publisher is not self else None
 
     def status_source(self, namespace: Namespace) -> RelayPeer | None:
-        publisher = self.relay.directory.lookup(namespace)
-        return publisher if publisher is not self else None
+        return self.relay.directory.lookup(namespace, exclude=self)
 
     # -- SessionApp ----------------------------------------------------------
 
@@ -181,55 +188,72 @@ class RelayPeer:
             stream.stop(StreamResetCode.CANCELLED)
             return
         track = self.tracks_by_alias.get(header.track_alias)
-        if track is None or track.state == Track.ENDED:
+        source = track.sources.get(self) if track is not None else None
+        if track is None or source is None or track.state == Track.ENDED:
             stream.stop(StreamResetCode.CANCELLED)
             return
+        if source.streams == 0 and self._restarts(track, header.group_id):
+            stream.stop(StreamResetCode.CANCELLED)
+            self.relay.restart_track(
+                track, f"{self.name} restarted the track at group {header.group_id}"
+            )
+            return
         subgroup_id = header.subgroup_id
-        track.upstream_streams += 1
-        track.upstream_open += 1
+        source.streams += 1
+        source.open += 1
         subgroup = track.open_subgroup(
             header.group_id,
             subgroup_id if subgroup_id is not None else -1,
             header.publisher_priority,
             header.has_extensions,
         )
-        stream.context = (track, subgroup)
-        subgroup.release = partial(self._stop_upstream, stream)
+        stream.context = _Feed(track, subgroup, source)
+        subgroup.releases.append(partial(self._stop_upstream, stream))
+
+    @staticmethod
+    def _restarts(track: Track, group_id: int) -> bool:
+        """Whether a publisher's first stream, for ``group_id``, numbers the track anew.
+
+        The relay subscribes from the largest object, so a publisher that carries the
+        same track starts at the current group, or one behind when it lags. A first
+        group further back means new numbering (an encoder that restarted): forwarding
+        it would be filtered out by every viewer, or deduplicated against old objects.
+        """
+        largest = track.largest
+        return largest is not None and group_id + 1 < largest.group
 
     def _stop_upstream(self, stream: IncomingData) -> None:
         """The subgroup this stream feeds left the cache: the relay wants no more of it."""
-        context = stream.context
-        if not isinstance(context, tuple):
+        feed = stream.context
+        if not isinstance(feed, _Feed):
             return
-        track, _ = context
         stream.context = None
         stream.stop(StreamResetCode.CANCELLED)
-        track.upstream_open -= 1
-        self.relay.maybe_finish(track)
+        feed.source.open -= 1
+        self.relay.maybe_finish(feed.track, feed.source)
 
     def data_object(self, stream: IncomingData, obj: ObjectRecord | FetchObject) -> None:
-        context = stream.context
-        if isinstance(context, ForwardedFetch) and isinstance(obj, FetchObject):
-            context.forward(obj)
+        feed = stream.context
+        if isinstance(feed, ForwardedFetch) and isinstance(obj, FetchObject):
+            feed.forward(obj)
             return
-        if not isinstance(context, tuple) or not isinstance(obj, ObjectRecord):
+        if not isinstance(feed, _Feed) or not isinstance(obj, ObjectRecord):
             return
-        track, subgroup = context
+        subgroup = feed.subgroup
         if subgroup.subgroup_id == -1:
             # Subgroup id "= first object id" streams learn it from their first object.
             subgroup.subgroup_id = obj.object_id
-        track.add_object(subgroup, obj.object_id, obj.payload, obj.status, obj.extensions)
+        feed.track.add_object(subgroup, obj.object_id, obj.payload, obj.status, obj.extensions)
 
     def data_end(self, stream: IncomingData, reset_code: int | None) -> None:
         context = stream.context
         if isinstance(context, ForwardedFetch):
             fetch.fetch_stream_ended(self, context, reset_code)
             return
-        if isinstance(context, tuple):
-            track, subgroup = context
-            track.upstream_open -= 1
-            track.close_subgroup(subgroup, reset_code)
-            self.relay.maybe_finish(track)
+        if isinstance(context, _Feed):
+            context.source.open -= 1
+            context.track.close_subgroup(context.subgroup, reset_code)
+            self.relay.maybe_finish(context.track, context.source)
 
     def datagram(self, datagram: ObjectDatagram) -> None:
         """A datagram object is cached as a one-object subgroup; viewers whose transport
@@ -243,7 +267,8 @@ class RelayPeer:
             datagram.publisher_priority,
             bool(datagram.extensions),
         )
-        subgroup.datagram = datagram
+        if subgroup.datagram is None:
+            subgroup.datagram = datagram
         status_code = datagram.status if datagram.status is not None else 0
         track.add_object(
             subgroup, datagram.object_id, datagram.payload, status_code, datagram.extensions
@@ -269,11 +294,12 @@ class RelayPeer:
     # -- upstream (this peer publishes) --------------------------------------
 
     def subscribe_upstream(self, track: Track) -> None:
-        track.publisher = self
+        """SUBSCRIBE to ``track`` here: this peer becomes one of the track's sources."""
+        source = track.sources[self] = Source(self)
 
         def make(request_id: int) -> c.ControlMessage:
             self.upstream[request_id] = track
-            track.upstream_request_id = request_id
+            source.request_id = request_id
             return c.Subscribe(
                 request_id,
                 track.namespace,
@@ -287,42 +313,52 @@ class RelayPeer:
         self.session.send_request(make)
 
     def unsubscribe_upstream(self, track: Track) -> None:
-        if self.forget_upstream(track) and track.upstream_request_id is not None:
-            self.session.send(c.Unsubscribe(track.upstream_request_id))
+        source = track.sources.get(self)
+        if source is None or source.request_id is None:
+            return
+        if self.forget_upstream(track):
+            self.session.send(c.Unsubscribe(source.request_id))
 
     def forget_upstream(self, track: Track) -> bool:
-        request_id = track.upstream_request_id
-        if request_id is None or self.upstream.get(request_id) is not track:
+        source = track.sources.get(self)
+        if source is None or source.request_id is None:
             return False
-        del self.upstream[request_id]
-        if track.alias is not None and self.tracks_by_alias.get(track.alias) is track:
-            del self.tracks_by_alias[track.alias]
+        if self.upstream.get(source.request_id) is not track:
+            return False
+        del self.upstream[source.request_id]
+        if source.alias is not None and self.tracks_by_alias.get(source.alias) is track:
+            del self.tracks_by_alias[source.alias]
         return True
 
-    def _bind_alias(self, track: Track, alias: int) -> None:
+    def _bind_alias(self, track: Track, source: Source, alias: int) -> None:
         if alias in self.tracks_by_alias:
             raise ProtocolViolation(
                 f"track alias {alias} already in use", SessionErrorCode.DUPLICATE_TRACK_ALIAS
             )
-        track.alias = alias
+        source.alias = alias
         self.tracks_by_alias[alias] = track
 
     def _on_subscribe_ok(self, msg: c.SubscribeOk) -> None:
         track = self.upstream.get(msg.request_id)
-        if track is None or track.state != Track.PENDING:
+        source = track.sources.get(self) if track is not None else None
+        if track is None or source is None or source.live or track.state == Track.ENDED:
             return
-        self._bind_alias(track, msg.track_alias)
-        self.relay.track_live(track, msg.group_order, msg.largest)
+        self._bind_alias(track, source, msg.track_alias)
+        self.relay.source_live(track, source, msg.group_order, msg.largest)
 
     def _on_subscribe_error(self, msg: c.SubscribeError) -> None:
         track = self.upstream.pop(msg.request_id, None)
-        if track is not None:
-            self.relay.track_failed(track, msg.error_code, msg.reason)
+        source = track.sources.get(self) if track is not None else None
+        if track is not None and source is not None:
+            self.relay.source_failed(track, source, msg.error_code, msg.reason)
 
     def _on_publish_done(self, msg: c.PublishDone) -> None:
         track = self.upstream.get(msg.request_id)
-        if track is not None and track.pending_done is None:
-            self.relay.publish_done_received(track, msg.status_code, msg.reason, msg.stream_count)
+        source = track.sources.get(self) if track is not None else None
+        if track is not None and source is not None and source.pending_done is None:
+            self.relay.publish_done_received(
+                track, source, msg.status_code, msg.reason, msg.stream_count
+            )
 
     def _on_publish(self, msg: c.Publish) -> None:
         denied = self.check("PUBLISH", True, msg.namespace, msg.params)
@@ -332,33 +368,40 @@ class RelayPeer:
             )
             return
         key: TrackKey = (msg.namespace, msg.track_name)
-        if key in self.relay.tracks:
+        track = self.relay.tracks.get(key)
+        if track is not None and self in track.sources:
             self.session.send(
                 c.PublishError(
-                    msg.request_id, PublishErrorCode.UNINTERESTED, "this track is already live"
+                    msg.request_id,
+                    PublishErrorCode.UNINTERESTED,
+                    "this session already publishes this track",
                 )
             )
             return
-        track = self.relay.new_track(key)
-        track.pushed = True
-        track.publisher = self
-        track.upstream_request_id = msg.request_id
-        self._bind_alias(track, msg.track_alias)
+        new = track is None
+        if track is None:
+            track = self.relay.new_track(key)
+            track.pushed = True
+        source = track.sources[self] = Source(self)
+        source.request_id = msg.request_id
+        self._bind_alias(track, source, msg.track_alias)
         self.upstream[msg.request_id] = track
-        self.relay.track_live(track, msg.group_order, msg.largest)
+        self.relay.source_live(track, source, msg.group_order, msg.largest)
         self.session.send(
             c.PublishOk(
                 msg.request_id, True, 128, msg.group_order, c.FILTER_LARGEST_OBJECT, None, None
             )
         )
         _log.info(
-            "{peer} published {ns} {name!r}",
+            "{peer} published {ns} {name!r} ({n} publishers)",
             peer=self.name,
             ns=format_namespace(msg.namespace),
             name=msg.track_name,
+            n=len(track.sources),
         )
-        for peer in self.relay.directory.watchers(msg.namespace, self):
-            peer.offer(track)
+        if new:
+            for peer in self.relay.directory.watchers(msg.namespace, self):
+                peer.offer(track)
 
     # -- namespaces -------------------------------------------------------------
 
@@ -369,7 +412,8 @@ class RelayPeer:
                 c.PublishNamespaceError(msg.request_id, denied.request_code, denied.reason)
             )
             return
-        self.relay.directory.announce(self, msg)
+        if self.relay.directory.announce(self, msg):
+            self.relay.publisher_announced(self, msg.namespace)
 
     def _on_publish_namespace_done(self, msg: c.PublishNamespaceDone) -> None:
         self.relay.directory.withdraw(self, msg.namespace)
@@ -486,6 +530,17 @@ class RelayPeer:
 
     def _ignore(self, msg: c.ControlMessage) -> None:
         """Messages that need no action from this relay."""
+
+
+class _Feed:
+    """What an incoming subgroup stream feeds: a cached subgroup of a track, for one source."""
+
+    __slots__ = ("source", "subgroup", "track")
+
+    def __init__(self, track: Track, subgroup: Subgroup, source: Source) -> None:
+        self.track = track
+        self.subgroup = subgroup
+        self.source = source
 
 
 # The method that handles each control message type (by name, so that subclasses may

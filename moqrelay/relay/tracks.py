@@ -84,11 +84,13 @@ class Subgroup:
         "closed",
         "datagram",
         "evicted",
+        "feeds",
         "group_id",
         "has_extensions",
+        "ids",
         "objects",
         "priority",
-        "release",
+        "releases",
         "reset_code",
         "subgroup_id",
     )
@@ -105,23 +107,71 @@ class Subgroup:
         self.reset_code: int | None = None
         # Dropped from the cache: nothing more is stored or served for it.
         self.evicted = False
-        # Stops the upstream stream feeding it (set by the peer that receives it).
-        self.release: Callable[[], None] | None = None
+        # Upstream streams feeding it (one per publisher that sends it), and what stops
+        # each of them (set by the peer that receives it).
+        self.feeds = 1
+        self.releases: list[Callable[[], None]] = []
+        # The object ids stored, kept only once a second publisher feeds the subgroup
+        # (for deduplication); None while one publisher does.
+        self.ids: set[int] | None = None
         # Set when the object arrived as a datagram.
         self.datagram: ObjectDatagram | None = None
 
 
 class Group:
-    __slots__ = ("__weakref__", "bytes", "group_id", "subgroups")
+    __slots__ = ("__weakref__", "by_id", "bytes", "group_id", "subgroups")
 
     def __init__(self, group_id: int) -> None:
         self.group_id = group_id
         self.subgroups: list[Subgroup] = []
+        # Subgroups by id, for a second publisher's stream of the same subgroup.
+        self.by_id: dict[int, Subgroup] = {}
         self.bytes = 0
 
 
+class Source:
+    """One publisher's feed of a track: the relay's SUBSCRIBE to it, or its PUBLISH."""
+
+    __slots__ = (
+        "alias",
+        "done_timer",
+        "live",
+        "open",
+        "pending_done",
+        "publisher",
+        "request_id",
+        "streams",
+    )
+
+    def __init__(self, publisher: Publisher) -> None:
+        self.publisher = publisher
+        self.request_id: int | None = None
+        self.alias: int | None = None
+        # Answered SUBSCRIBE_OK (or came with PUBLISH).
+        self.live = False
+        # Subgroup streams received from it, and how many are still open.
+        self.streams = 0
+        self.open = 0
+        # Its PUBLISH_DONE (status, reason, stream count), applied once every stream it
+        # announced has arrived and ended, or after the drain time.
+        self.pending_done: tuple[int, str, int] | None = None
+        self.done_timer: IDelayedCall | None = None
+
+    def cancel_done_timer(self) -> None:
+        if self.done_timer is not None and self.done_timer.active():
+            self.done_timer.cancel()
+        self.done_timer = None
+
+
 class Track:
-    """One full track name fed by one upstream subscription."""
+    """One full track name, fed by one or more publishers (`Source`), deduplicated.
+
+    Draft-14 ("Multiple Publishers"): the relay subscribes to every publisher of the
+    track's namespace and forwards each object once: a second publisher's stream for a
+    subgroup the cache already has feeds the same `Subgroup`, and objects already stored
+    are dropped, so a viewer sees neither a gap nor a duplicate when one of two
+    redundant publishers goes away.
+    """
 
     PENDING, LIVE, ENDED = "pending", "live", "ended"
 
@@ -137,18 +187,10 @@ class Track:
         self.subscriptions: dict[TrackViewer, None] = {}
         self.end_status: int | None = None
         self.end_reason = ""
-        # The upstream subscription (or PUBLISH) that feeds the track.
-        self.publisher: Publisher | None = None
-        self.upstream_request_id: int | None = None
-        self.alias: int | None = None
-        # Pushed with PUBLISH: lives while its publisher keeps it, watched or not.
+        # The publishers that feed the track, oldest first.
+        self.sources: dict[Publisher, Source] = {}
+        # Pushed with PUBLISH: lives while a publisher keeps it, watched or not.
         self.pushed = False
-        self.upstream_streams = 0
-        self.upstream_open = 0
-        # The publisher's PUBLISH_DONE (status, reason, stream count), applied once
-        # every stream it announced has arrived and ended, or after the drain time.
-        self.pending_done: tuple[int, str, int] | None = None
-        self.done_timer: IDelayedCall | None = None
 
     @property
     def namespace(self) -> tuple[bytes, ...]:
@@ -161,19 +203,33 @@ class Track:
     def open_subgroup(
         self, group_id: int, subgroup_id: int, priority: int, has_extensions: bool
     ) -> Subgroup:
+        """The cached subgroup a new upstream stream feeds: a new one, or the one another
+        publisher already feeds (then its objects are deduplicated from now on)."""
         group = self.groups.get(group_id)
         if group is None:
             group = self.groups[group_id] = Group(group_id)
             self._evict()
+        elif (existing := group.by_id.get(subgroup_id)) is not None:
+            existing.feeds += 1
+            if existing.ids is None:
+                existing.ids = {obj.object_id for obj in existing.objects}
+            return existing
         subgroup = Subgroup(group_id, subgroup_id, priority, has_extensions)
         group.subgroups.append(subgroup)
+        if subgroup_id != -1:
+            group.by_id[subgroup_id] = subgroup
         return subgroup
 
     def add_object(
         self, subgroup: Subgroup, object_id: int, payload: bytes, status: int, extensions: bytes
     ) -> None:
-        if self.state == Track.ENDED or subgroup.evicted:
+        if self.state == Track.ENDED or subgroup.evicted or subgroup.closed:
             return
+        ids = subgroup.ids
+        if ids is not None:
+            if object_id in ids:
+                return
+            ids.add(object_id)
         obj = CachedObject(object_id, payload, status, extensions, subgroup.has_extensions)
         subgroup.objects.append(obj)
         group = self.groups.get(subgroup.group_id)
@@ -189,7 +245,10 @@ class Track:
             self._evict()
 
     def close_subgroup(self, subgroup: Subgroup, reset_code: int | None) -> None:
-        if subgroup.closed:
+        """One upstream stream of ``subgroup`` ended. A FIN completes the subgroup; a
+        reset ends it only when no other publisher's stream still feeds it."""
+        subgroup.feeds -= 1
+        if subgroup.closed or (reset_code is not None and subgroup.feeds > 0):
             return
         subgroup.closed = True
         subgroup.reset_code = reset_code
@@ -210,9 +269,10 @@ class Track:
             self.cached_bytes -= group.bytes
             for subgroup in group.subgroups:
                 subgroup.evicted = True
-                release, subgroup.release = subgroup.release, None
-                if release is not None and not subgroup.closed:
-                    release()
+                releases, subgroup.releases = subgroup.releases, []
+                if not subgroup.closed:
+                    for release in releases:
+                        release()
                 for sub in list(self.subscriptions):
                     sub.subgroup_closed(subgroup)
 
@@ -227,11 +287,6 @@ class Track:
             for subgroup in group.subgroups:
                 if not subgroup.closed:
                     yield subgroup
-
-    def cancel_done_timer(self) -> None:
-        if self.done_timer is not None and self.done_timer.active():
-            self.done_timer.cancel()
-        self.done_timer = None
 
     def drop_cache(self) -> None:
         self.groups = {}

@@ -83,10 +83,15 @@ class MemorySession:
         path: str = "",
         low_water: int = 16384,
         high_water: int = 65536,
+        *,
+        setup_carries_path: bool = False,
+        authority: str = "",
     ) -> None:
         self.clock = clock
         self.is_client = is_client
         self.path = path
+        self.setup_carries_path = setup_carries_path
+        self.authority = authority
         self.peer = "memory-server" if is_client else "memory-client"
         self.handler: ISessionHandler | None = None
         self.other: MemorySession | None = None
@@ -238,14 +243,34 @@ def memory_session_pair(
     path: str = "",
     low_water: int = 16384,
     high_water: int = 65536,
+    *,
+    setup_carries_path: bool = False,
+    authority: str = "",
 ) -> tuple[MemorySession, MemorySession]:
     """A connected (client, server) pair, each with its handler attached.
 
     Give the relay side the same ``high_water`` as the relay's
-    ``max_queued_bytes``, as the real services do.
+    ``max_queued_bytes``, as the real services do. With ``setup_carries_path``
+    the pair behaves like raw QUIC: the server learns ``path`` (and the
+    ``authority``) from CLIENT_SETUP only.
     """
-    client = MemorySession(clock, True, path, low_water, high_water)
-    server = MemorySession(clock, False, path, low_water, high_water)
+    client = MemorySession(
+        clock,
+        True,
+        path,
+        low_water,
+        high_water,
+        setup_carries_path=setup_carries_path,
+        authority=authority,
+    )
+    server = MemorySession(
+        clock,
+        False,
+        "" if setup_carries_path else path,
+        low_water,
+        high_water,
+        setup_carries_path=setup_carries_path,
+    )
     client.other, server.other = server, client
     server.handler = server_factory(server)
     client.handler = client_factory(client)

@@ -91,7 +91,14 @@ class ITransportSession(Interface):
     is_client = Attribute("bool: whether this side initiated the session")
     path = Attribute("str: the request path and query the client asked for ('' if none)")
     peer = Attribute("str: a printable peer address, for logs")
-    transport_name = Attribute("str: 'quic', 'webtransport', 'websocket' or 'memory'")
+    authority = Attribute(
+        "str: the host[:port] the client asked for ('' if the transport has none)"
+    )
+    setup_carries_path = Attribute(
+        "bool: whether the MoQT SETUP carries PATH and AUTHORITY (raw QUIC: no request"
+        " carries them); elsewhere the WebTransport CONNECT or WebSocket upgrade does"
+    )
+    transport_name = Attribute("str: 'quic', 'webtransport', 'websocket' or 'memory', for logs")
 
     def open_bidi_stream() -> IStream:
         """Open a bidirectional stream (a client uses it for the control stream)."""

@@ -186,6 +186,8 @@ class WebSocketSession:
 
     supports_datagrams = False
     transport_name = "websocket"
+    setup_carries_path = False
+    authority = ""
 
     def __init__(
         self,

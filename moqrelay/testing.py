@@ -40,6 +40,8 @@ class MemoryStream:
         self.send_closed = not can_send
         self.reset_code: int | None = None
         self.finished = False
+        # Once we asked the peer to stop, nothing more reaches our receiver.
+        self.stop_sent = False
 
     def set_receiver(self, receiver: IStreamReceiver | None) -> None:
         self.receiver = receiver
@@ -64,6 +66,7 @@ class MemoryStream:
         self.session._send(self.stream_id, 0, lambda peer: peer._reset(self.stream_id, code))
 
     def stop_sending(self, code: int) -> None:
+        self.stop_sent = True
         self.session._send(
             self.stream_id, 0, lambda peer: peer._stop_sending(self.stream_id, code)
         )
@@ -131,6 +134,8 @@ class MemorySession:
         return self._queued
 
     def when_writable(self) -> Deferred[None]:
+        if self.closed:
+            return Deferred()
         if self._queued <= self.high_water:
             return succeed(None)
         d: Deferred[None] = Deferred()
@@ -141,7 +146,9 @@ class MemorySession:
         if self.closed:
             return
         other = self.other
-        self._lost(code, reason)
+        handler = self._shut(code, reason)
+        if handler is not None:
+            self.clock.callLater(0, handler.session_closed, code, reason)
         if other is not None:
             self.clock.callLater(0, other._lost, code, reason)
 
@@ -197,12 +204,12 @@ class MemorySession:
 
     def _data(self, peer_stream: MemoryStream, data: bytes, fin: bool) -> None:
         stream = self._stream_for(peer_stream)
-        if stream is not None and stream.receiver is not None:
+        if stream is not None and not stream.stop_sent and stream.receiver is not None:
             stream.receiver.stream_data(data, fin)
 
     def _reset(self, stream_id: int, code: int) -> None:
         stream = self.streams.get(stream_id)
-        if stream is not None and stream.receiver is not None:
+        if stream is not None and not stream.stop_sent and stream.receiver is not None:
             stream.receiver.stream_reset(code)
 
     def _stop_sending(self, stream_id: int, code: int) -> None:
@@ -219,8 +226,14 @@ class MemorySession:
             self.handler.datagram_received(data)
 
     def _lost(self, code: int, reason: str) -> None:
+        handler = self._shut(code, reason)
+        if handler is not None:
+            handler.session_closed(code, reason)
+
+    def _shut(self, code: int, reason: str) -> ISessionHandler | None:
+        """Flip to closed and drop every reference; return the handler still to notify."""
         if self.closed:
-            return
+            return None
         self.closed = True
         self.close_code = code
         self.close_reason = reason
@@ -229,8 +242,7 @@ class MemorySession:
         self._waiters = []
         self.streams = {}
         handler, self.handler = self.handler, None
-        if handler is not None:
-            handler.session_closed(code, reason)
+        return handler
 
 
 _DeliverTo = Callable[[MemorySession], None]

@@ -42,6 +42,8 @@ class MemoryStream:
         self.finished = False
         # Once we asked the peer to stop, nothing more reaches our receiver.
         self.stop_sent = False
+        # Our receive half is over (FIN or RESET seen), or there is none (our uni stream).
+        self.receive_ended = can_send and bool(stream_id & 2)
 
     def set_receiver(self, receiver: IStreamReceiver | None) -> None:
         self.receiver = receiver
@@ -66,6 +68,8 @@ class MemoryStream:
         self.session._send(self.stream_id, 0, lambda peer: peer._reset(self.stream_id, code))
 
     def stop_sending(self, code: int) -> None:
+        if self.stop_sent or self.receive_ended:
+            return
         self.stop_sent = True
         self.session._send(
             self.stream_id, 0, lambda peer: peer._stop_sending(self.stream_id, code)
@@ -204,12 +208,18 @@ class MemorySession:
 
     def _data(self, peer_stream: MemoryStream, data: bytes, fin: bool) -> None:
         stream = self._stream_for(peer_stream)
-        if stream is not None and not stream.stop_sent and stream.receiver is not None:
+        if stream is None:
+            return
+        stream.receive_ended = stream.receive_ended or fin
+        if not stream.stop_sent and stream.receiver is not None:
             stream.receiver.stream_data(data, fin)
 
     def _reset(self, stream_id: int, code: int) -> None:
         stream = self.streams.get(stream_id)
-        if stream is not None and not stream.stop_sent and stream.receiver is not None:
+        if stream is None:
+            return
+        stream.receive_ended = True
+        if not stream.stop_sent and stream.receiver is not None:
             stream.receiver.stream_reset(code)
 
     def _stop_sending(self, stream_id: int, code: int) -> None:

@@ -245,6 +245,23 @@ class TransportContract(_TestCase):
         self.assertEqual(mine.events, [("stop_sending", code)])
         reader.opened.clear()
 
+    async def test_stop_sending_with_nothing_left_to_read_is_ignored(self) -> None:
+        client, server = await self.pair()
+        done = client.session.open_uni_stream()
+        done_log = client.own(done, False)
+        done.write(b"all of it")
+        done.finish()
+        await self.until(lambda: bool(server.opened) and server.opened[0].fin)
+        server.opened[0].stream.stop_sending(0x23)  # after the FIN
+        done.stop_sending(0x24)  # our own uni stream has no receive half
+        later = client.session.open_uni_stream()
+        later.write(b"later")
+        later.finish()
+        await self.until(lambda: len(server.opened) == 2 and server.opened[1].fin)
+        self.assertEqual(done_log.events, [])
+        self.assertEqual(server.opened[0].events, [("data", b"all of it"), ("fin", None)])
+        self.assertEqual(server.opened[1].events, [("data", b"later"), ("fin", None)])
+
     # -- backpressure ----------------------------------------------------------------
 
     async def test_when_writable_fires_below_the_low_water_mark_never_inside_write(

@@ -82,6 +82,8 @@ class MemorySession:
 
     transport_name = "memory"
     supports_datagrams = True
+    # Larger datagrams are dropped, as a QUIC path of the minimum MTU would.
+    max_datagram_size = 1200
 
     def __init__(
         self,
@@ -132,6 +134,8 @@ class MemorySession:
         return stream
 
     def send_datagram(self, data: bytes) -> None:
+        if len(data) > self.max_datagram_size:
+            return
         self._send(-1, len(data), lambda peer: peer._datagram(data))
 
     def queued_bytes(self) -> int:

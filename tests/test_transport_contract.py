@@ -328,10 +328,13 @@ class TransportContract(_TestCase):
 
     # -- datagrams -------------------------------------------------------------------
 
-    async def test_datagrams_both_ways_where_supported(self) -> None:
+    async def test_datagrams_both_ways_where_supported_too_large_dropped(self) -> None:
         client, server = await self.pair()
         self.assertEqual(client.session.supports_datagrams, self.datagrams)
         self.assertEqual(server.session.supports_datagrams, self.datagrams)
+        for side in (client, server):
+            # Larger than any path carries in one packet: dropped, never queued or split.
+            side.session.send_datagram(b"x" * 65536)
         client.session.send_datagram(b"ping")
         server.session.send_datagram(b"pong")
         if self.datagrams:

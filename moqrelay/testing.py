@@ -208,6 +208,8 @@ class MemorySession:
             stream = MemoryStream(self, peer_stream.stream_id, bidi)
             self.streams[stream.stream_id] = stream
             self.handler.stream_opened(stream, bidi)
+            if self.closed:
+                return None
         return stream
 
     def _data(self, peer_stream: MemoryStream, data: bytes, fin: bool) -> None:

@@ -311,6 +311,22 @@ class TransportContract(_TestCase):
             self.assertEqual(client.closed, [(0x10, "bye " + closing)])
             self.assertEqual(server.closed, [(0x10, "bye " + closing)])
 
+    async def test_close_inside_stream_opened_ends_delivery_at_once(self) -> None:
+        client, server = await self.pair()
+
+        def close_on_open(stream: IStream, bidirectional: bool) -> None:
+            server.opened.append(server.own(stream, bidirectional))
+            server.session.close(0x9, "no streams here")
+
+        server.stream_opened = close_on_open  # type: ignore[method-assign]
+        stream = client.session.open_uni_stream()
+        stream.write(b"first")
+        stream.finish()
+        await self.closed_both(client, server)
+        self.assertEqual([log.events for log in server.opened], [[]])
+        self.assertEqual(client.closed, [(0x9, "no streams here")])
+        self.assertEqual(server.closed, [(0x9, "no streams here")])
+
     async def test_closed_session_drops_writes_and_opens(self) -> None:
         client, server = await self.pair()
         stream = client.session.open_uni_stream()

@@ -243,6 +243,12 @@ class TransportContract(_TestCase):
         # The reader that asked to stop hears nothing more on that stream.
         self.assertEqual(theirs.events, [("data", b"first")])
         self.assertEqual(mine.events, [("stop_sending", code)])
+        if bidirectional:
+            # The other half is untouched: the reader can still answer on it.
+            theirs.stream.write(b"reply")
+            theirs.stream.finish()
+            await self.until(lambda: mine.fin)
+            self.assertEqual(mine.events[1:], [("data", b"reply"), ("fin", None)])
         reader.opened.clear()
 
     async def test_stop_sending_with_nothing_left_to_read_is_ignored(self) -> None:

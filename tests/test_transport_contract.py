@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from moqrelay.testing import memory_session_pair
 from moqrelay.transport.interfaces import (
@@ -130,6 +131,7 @@ class TransportContract(_TestCase):
     """
 
     datagrams: ClassVar[bool] = True
+    setup_carries_path: ClassVar[bool] = False
 
     async def pair(self) -> tuple[ContractHandler, ContractHandler]:
         """A connected (client, server) pair."""
@@ -147,6 +149,18 @@ class TransportContract(_TestCase):
         await self.until(lambda: bool(client.closed and server.closed))
         await self.gone()
         self.assertEqual(client.after_close + server.after_close, [])
+
+    async def test_both_sides_provide_the_interface(self) -> None:
+        client, server = await self.pair()
+        for side, is_client in ((client, True), (server, False)):
+            session = side.session
+            self.assertTrue(verifyObject(ITransportSession, session))
+            self.assertTrue(verifyObject(IStream, session.open_uni_stream()))
+            self.assertEqual(session.is_client, is_client)
+            self.assertEqual(session.setup_carries_path, self.setup_carries_path)
+            self.assertIsInstance(session.authority, str)
+            self.assertIsInstance(session.transport_name, str)
+            self.assertIsInstance(session.peer, str)
 
     # -- streams ---------------------------------------------------------------------
 
@@ -501,6 +515,7 @@ class _QuicContract(TransportContract):
 
 class RawQuicContractTests(_QuicContract, RealSocketTestCase):
     scheme = "moqt"
+    setup_carries_path = True
 
 
 class WebTransportContractTests(_QuicContract, RealSocketTestCase):

@@ -33,6 +33,8 @@ from twisted.internet.tcp import Connection
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from moqrelay.compat.twisted import stock_disconnect_selectable
+
 _log = Logger()
 
 _DONE = Failure(error.ConnectionDone())
@@ -62,12 +64,13 @@ class PacedEPollReactor(EPollReactor):
     def _disconnectSelectable(
         self, selectable: Any, why: BaseException, isRead: bool, *args: Any
     ) -> None:
+        """Override of `moqrelay.compat.twisted.DISCONNECT_SELECTABLE`: queue a TCP loss."""
         if not isinstance(selectable, Connection) or (
             isRead
             and isinstance(why, error.ConnectionDone)
             and IHalfCloseableProtocol(selectable.protocol, None) is not None
         ):
-            super()._disconnectSelectable(selectable, why, isRead, *args)
+            stock_disconnect_selectable(self, selectable, why, isRead, *args)
             return
         self.removeReader(selectable)
         self.removeWriter(selectable)

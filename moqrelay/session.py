@@ -217,13 +217,11 @@ class MoqtSession:
             self._control = transport.open_bidi_stream()
             self._control.set_receiver(_ControlReceiver(self))
             params = list(setup_params or [])
-            if transport.transport_name == "quic":
-                # Raw QUIC carries the URL in SETUP; WebTransport and WebSocket in the request.
+            if transport.setup_carries_path:
                 if transport.path:
                     params.append((c.SETUP_PATH, transport.path.encode()))
-                authority = getattr(transport, "authority", "")
-                if authority:
-                    params.append((c.SETUP_AUTHORITY, authority.encode()))
+                if transport.authority:
+                    params.append((c.SETUP_AUTHORITY, transport.authority.encode()))
             params.append((c.SETUP_MAX_REQUEST_ID, self._peer_max_id))
             if c.get_param(params, c.SETUP_MOQT_IMPLEMENTATION) is None:
                 params.append((c.SETUP_MOQT_IMPLEMENTATION, IMPLEMENTATION))
@@ -463,7 +461,7 @@ class MoqtSession:
             )
         path = c.get_param(msg.params, c.SETUP_PATH)
         if path is not None:
-            if self.transport.transport_name != "quic":
+            if not self.transport.setup_carries_path:
                 raise ProtocolViolation(
                     "PATH is only allowed on raw QUIC", SessionErrorCode.INVALID_PATH
                 )

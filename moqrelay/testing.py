@@ -40,6 +40,10 @@ class MemoryStream:
         self.send_closed = not can_send
         self.reset_code: int | None = None
         self.finished = False
+        # Once we asked the peer to stop, nothing more reaches our receiver.
+        self.stop_sent = False
+        # Our receive half is over (FIN or RESET seen), or there is none (our uni stream).
+        self.receive_ended = can_send and bool(stream_id & 2)
 
     def set_receiver(self, receiver: IStreamReceiver | None) -> None:
         self.receiver = receiver
@@ -64,6 +68,9 @@ class MemoryStream:
         self.session._send(self.stream_id, 0, lambda peer: peer._reset(self.stream_id, code))
 
     def stop_sending(self, code: int) -> None:
+        if self.stop_sent or self.receive_ended:
+            return
+        self.stop_sent = True
         self.session._send(
             self.stream_id, 0, lambda peer: peer._stop_sending(self.stream_id, code)
         )
@@ -75,6 +82,8 @@ class MemorySession:
 
     transport_name = "memory"
     supports_datagrams = True
+    # Larger datagrams are dropped, as a QUIC path of the minimum MTU would.
+    max_datagram_size = 1200
 
     def __init__(
         self,
@@ -83,10 +92,15 @@ class MemorySession:
         path: str = "",
         low_water: int = 16384,
         high_water: int = 65536,
+        *,
+        setup_carries_path: bool = False,
+        authority: str = "",
     ) -> None:
         self.clock = clock
         self.is_client = is_client
         self.path = path
+        self.setup_carries_path = setup_carries_path
+        self.authority = authority
         self.peer = "memory-server" if is_client else "memory-client"
         self.handler: ISessionHandler | None = None
         self.other: MemorySession | None = None
@@ -120,12 +134,16 @@ class MemorySession:
         return stream
 
     def send_datagram(self, data: bytes) -> None:
+        if len(data) > self.max_datagram_size:
+            return
         self._send(-1, len(data), lambda peer: peer._datagram(data))
 
     def queued_bytes(self) -> int:
         return self._queued
 
     def when_writable(self) -> Deferred[None]:
+        if self.closed:
+            return Deferred()
         if self._queued <= self.high_water:
             return succeed(None)
         d: Deferred[None] = Deferred()
@@ -136,7 +154,9 @@ class MemorySession:
         if self.closed:
             return
         other = self.other
-        self._lost(code, reason)
+        handler = self._shut(code, reason)
+        if handler is not None:
+            self.clock.callLater(0, handler.session_closed, code, reason)
         if other is not None:
             self.clock.callLater(0, other._lost, code, reason)
 
@@ -188,16 +208,24 @@ class MemorySession:
             stream = MemoryStream(self, peer_stream.stream_id, bidi)
             self.streams[stream.stream_id] = stream
             self.handler.stream_opened(stream, bidi)
+            if self.closed:
+                return None
         return stream
 
     def _data(self, peer_stream: MemoryStream, data: bytes, fin: bool) -> None:
         stream = self._stream_for(peer_stream)
-        if stream is not None and stream.receiver is not None:
+        if stream is None:
+            return
+        stream.receive_ended = stream.receive_ended or fin
+        if not stream.stop_sent and stream.receiver is not None:
             stream.receiver.stream_data(data, fin)
 
     def _reset(self, stream_id: int, code: int) -> None:
         stream = self.streams.get(stream_id)
-        if stream is not None and stream.receiver is not None:
+        if stream is None:
+            return
+        stream.receive_ended = True
+        if not stream.stop_sent and stream.receiver is not None:
             stream.receiver.stream_reset(code)
 
     def _stop_sending(self, stream_id: int, code: int) -> None:
@@ -214,8 +242,14 @@ class MemorySession:
             self.handler.datagram_received(data)
 
     def _lost(self, code: int, reason: str) -> None:
+        handler = self._shut(code, reason)
+        if handler is not None:
+            handler.session_closed(code, reason)
+
+    def _shut(self, code: int, reason: str) -> ISessionHandler | None:
+        """Flip to closed and drop every reference; return the handler still to notify."""
         if self.closed:
-            return
+            return None
         self.closed = True
         self.close_code = code
         self.close_reason = reason
@@ -224,8 +258,7 @@ class MemorySession:
         self._waiters = []
         self.streams = {}
         handler, self.handler = self.handler, None
-        if handler is not None:
-            handler.session_closed(code, reason)
+        return handler
 
 
 _DeliverTo = Callable[[MemorySession], None]
@@ -238,14 +271,34 @@ def memory_session_pair(
     path: str = "",
     low_water: int = 16384,
     high_water: int = 65536,
+    *,
+    setup_carries_path: bool = False,
+    authority: str = "",
 ) -> tuple[MemorySession, MemorySession]:
     """A connected (client, server) pair, each with its handler attached.
 
     Give the relay side the same ``high_water`` as the relay's
-    ``max_queued_bytes``, as the real services do.
+    ``max_queued_bytes``, as the real services do. With ``setup_carries_path``
+    the pair behaves like raw QUIC: the server learns ``path`` (and the
+    ``authority``) from CLIENT_SETUP only.
     """
-    client = MemorySession(clock, True, path, low_water, high_water)
-    server = MemorySession(clock, False, path, low_water, high_water)
+    client = MemorySession(
+        clock,
+        True,
+        path,
+        low_water,
+        high_water,
+        setup_carries_path=setup_carries_path,
+        authority=authority,
+    )
+    server = MemorySession(
+        clock,
+        False,
+        "" if setup_carries_path else path,
+        low_water,
+        high_water,
+        setup_carries_path=setup_carries_path,
+    )
     client.other, server.other = server, client
     server.handler = server_factory(server)
     client.handler = client_factory(client)

@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from moqrelay.client.api import TrackPublisher
+from moqrelay.client.api import MoqtClient, TrackPublisher
 from moqrelay.relay.hub import Relay
 from moqrelay.relay.peer import RelayPeer
 from moqrelay.relay.subscription import Subscription
@@ -124,6 +124,45 @@ class SessionTests(SynchronousTestCase):
         peer.send(c.ClientSetup([c.DRAFT_14], [(c.SETUP_PATH, b"/x")]))
         settle(self.clock)
         self.assertEqual(peer.closed and peer.closed[0], SessionErrorCode.INVALID_PATH)
+
+    def pair(
+        self, path: str, *, setup_carries_path: bool = False, authority: str = ""
+    ) -> tuple[MoqtSession, MoqtSession]:
+        """Client and relay MoqtSessions joined in memory, SETUP done."""
+        sessions: list[MoqtSession] = []
+
+        def client(t: ITransportSession) -> MoqtSession:
+            sessions.append(MoqtSession(t, self.clock, MoqtClient))
+            return sessions[-1]
+
+        def server(t: ITransportSession) -> MoqtSession:
+            sessions.append(MoqtSession(t, self.clock, self.relay.app_factory))
+            return sessions[-1]
+
+        memory_session_pair(
+            self.clock,
+            client,
+            server,
+            path,
+            setup_carries_path=setup_carries_path,
+            authority=authority,
+        )
+        settle(self.clock)
+        relay_side, client_side = sessions
+        self.assertTrue(client_side.ready and relay_side.ready)
+        return client_side, relay_side
+
+    def test_setup_carries_path_and_authority_when_the_transport_says_so(self) -> None:
+        _, relay_side = self.pair("/room?x=1", setup_carries_path=True, authority="relay:4443")
+        self.assertEqual(relay_side.path, "/room?x=1")
+        self.assertEqual(c.get_param(relay_side.peer_params, c.SETUP_PATH), b"/room?x=1")
+        self.assertEqual(c.get_param(relay_side.peer_params, c.SETUP_AUTHORITY), b"relay:4443")
+
+    def test_setup_leaves_path_to_the_request_otherwise(self) -> None:
+        _, relay_side = self.pair("/room?x=1", authority="relay:4443")
+        self.assertEqual(relay_side.path, "/room?x=1")
+        self.assertIsNone(c.get_param(relay_side.peer_params, c.SETUP_PATH))
+        self.assertIsNone(c.get_param(relay_side.peer_params, c.SETUP_AUTHORITY))
 
     def setup(self, peer: RawPeer) -> None:
         peer.control.write(CLIENT_SETUP_D14)

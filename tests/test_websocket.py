@@ -121,7 +121,8 @@ class RecordingHandler:
 
 
 class FakeLink:
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock = clock or Clock()
         self.sent: list[bytes] = []
         self.closes = 0
         self.paused = False
@@ -155,7 +156,7 @@ def make_session(
     *, is_client: bool = False, low_water: int = 1000, high_water: int = 4000
 ) -> tuple[WebSocketSession, FakeLink, RecordingHandler, Clock]:
     clock = Clock()
-    link = FakeLink()
+    link = FakeLink(clock)
     session = WebSocketSession(
         clock,
         link,
@@ -192,6 +193,8 @@ class SessionStateTests(SynchronousTestCase):
         self.assertEqual(close.code, code)
         self.assertIn(fragment, close.reason)
         self.assertEqual(link.closes, 1)
+        self.assertEqual(handler.closed, [])  # reported from the clock, never inside close()
+        link.clock.advance(0)
         self.assertEqual(len(handler.closed), 1)
         self.assertEqual(handler.closed[0], (code, close.reason))
 
@@ -454,6 +457,8 @@ class SessionStateTests(SynchronousTestCase):
         session.close(0x4, "again")
         self.assertEqual(link.sent, [bytes.fromhex("1d 03 62 61 64")])
         self.assertEqual(link.closes, 1)
+        self.assertEqual(handler.closed, [])
+        clock.advance(0)
         self.assertEqual(handler.closed, [(0x3, "bad")])
         stream.write(b"dropped")
         session.open_uni_stream().write(b"dropped")
@@ -480,13 +485,14 @@ class SessionStateTests(SynchronousTestCase):
         self.assertEqual(link.sent, [])
 
     def test_handler_closes_inside_stream_opened(self) -> None:
-        session, _, handler, _ = make_session()
+        session, _, handler, clock = make_session()
 
         def close_on_open(stream: IStream, bidirectional: bool) -> None:
             session.close(0x7, "too many")
 
         handler.stream_opened = close_on_open  # type: ignore[method-assign]
         feed(session, StreamFrame(0, b"x", False))
+        clock.advance(0)
         self.assertEqual(handler.closed, [(0x7, "too many")])
         self.assertEqual(handler.calls_after_close, 0)
 
@@ -614,6 +620,7 @@ class BackpressureTests(SynchronousTestCase):
         session.open_uni_stream().write(b"x" * 5000)
         waiter = session.when_writable()
         session.close(0, "bye")
+        clock.advance(0)
         self.assertEqual(clock.getDelayedCalls(), [])
         session.resumeProducing()
         clock.advance(1)

@@ -18,15 +18,23 @@ Contract shared by every implementation:
   Deferred that fires (from the reactor, never synchronously inside ``write``)
   once the queue has drained below the transport's low-water mark. It is
   already fired when the session is writable now. Deferreds still pending
-  when the session closes are never fired; their owners are torn down by the
-  reaper instead.
-- ``ISessionHandler.session_closed`` is called exactly once, after which the
-  transport calls nothing else on the handler or on any stream receiver.
+  when the session closes are never fired, nor are those asked for after it;
+  their owners are torn down by the reaper instead.
+- ``ISessionHandler.session_closed`` is called exactly once, on each side with
+  the code and reason given to ``close``, after which the transport calls
+  nothing else on the handler or on any stream receiver. It is never called
+  synchronously from inside ``close()``: always from the reactor, a later turn.
   Handlers must keep ``session_closed`` flat: flip state and hand children to
   the reaper, never close a tree inline.
+- A stream's receiver hears its data in order, then at most one FIN or one
+  RESET_STREAM (with the writer's code).
 - A peer STOP_SENDING is answered by the transport itself with a RESET_STREAM
-  carrying the same code; the receiver is told through
-  ``IStreamReceiver.stream_stop_sending``.
+  carrying the same code; the writer's receiver is told through
+  ``IStreamReceiver.stream_stop_sending``. The side that sent STOP_SENDING
+  hears nothing more on that stream.
+
+``tests/test_transport_contract.py`` runs the same tests of this contract on
+every implementation.
 """
 
 from __future__ import annotations
@@ -91,7 +99,14 @@ class ITransportSession(Interface):
     is_client = Attribute("bool: whether this side initiated the session")
     path = Attribute("str: the request path and query the client asked for ('' if none)")
     peer = Attribute("str: a printable peer address, for logs")
-    transport_name = Attribute("str: 'quic', 'webtransport', 'websocket' or 'memory'")
+    authority = Attribute(
+        "str: the host[:port] the client asked for ('' if the transport has none)"
+    )
+    setup_carries_path = Attribute(
+        "bool: whether the MoQT SETUP carries PATH and AUTHORITY (raw QUIC: no request"
+        " carries them); elsewhere the WebTransport CONNECT or WebSocket upgrade does"
+    )
+    transport_name = Attribute("str: 'quic', 'webtransport', 'websocket' or 'memory', for logs")
 
     def open_bidi_stream() -> IStream:
         """Open a bidirectional stream (a client uses it for the control stream)."""

@@ -422,6 +422,7 @@ class RawQuicSession(QuicSessionBase):
     """MoQT directly on a QUIC connection (ALPN moq-00): QUIC streams and DATAGRAM frames."""
 
     transport_name = "quic"
+    setup_carries_path = True
 
     @property
     def supports_datagrams(self) -> bool:

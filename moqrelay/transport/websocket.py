@@ -186,6 +186,8 @@ class WebSocketSession:
 
     supports_datagrams = False
     transport_name = "websocket"
+    setup_carries_path = False
+    authority = ""
 
     def __init__(
         self,
@@ -270,7 +272,7 @@ class WebSocketSession:
         self._link.send_message(encode_frame(ApplicationCloseFrame(code, _truncate(reason))))
         handler = self._shutdown()
         self._link.close_connection()
-        _notify_closed(handler, code, reason)
+        self._clock.callLater(0, _notify_closed, handler, code, reason)
 
     # -- connection control (tests and tools; not part of ITransportSession) ---
 

@@ -141,6 +141,7 @@ class WebTransportSession(QuicSessionBase):
     """One WebTransport session: its CONNECT stream id is its session id."""
 
     transport_name = "webtransport"
+    setup_carries_path = False
 
     def __init__(
         self,

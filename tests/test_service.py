@@ -910,3 +910,24 @@ class PublisherTakeoverTests(RelayFixture):
         await wait_until(lambda: len(rec.objects) == 1, timeout=3)
         self.assertLess(time.monotonic() - started, 3)
         self.assertEqual(rec.objects[0].payload, b"from the restarted encoder")
+
+    async def test_two_redundant_publishers_one_vanishes_no_gap_no_duplicate(self) -> None:
+        await self.start_relay()
+        first_client, first = await self.publisher("wss")
+        _, second = await self.publisher("moqt")
+        viewer = await self.client("wss")
+        rec = Recorder()
+        await viewer.subscribe(NS, b"video", rec)
+        await wait_until(lambda: len(first.subscribers) == 1 and len(second.subscribers) == 1)
+        for group in range(4):
+            for obj in range(10):
+                for track in (first, second):
+                    track.send_object(group, obj, b"%d.%d" % (group, obj))
+                if (group, obj) == (1, 5):
+                    # The first encoder's TCP connection drops, with no goodbye.
+                    first_client.session.transport.abort()  # type: ignore[attr-defined]
+                await deferLater(reactor, 0.005, lambda: None)
+            second.end_subgroup(group)
+        await wait_until(lambda: len(rec.objects) >= 40)
+        await deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(rec.ids(), [(g, o) for g in range(4) for o in range(10)])

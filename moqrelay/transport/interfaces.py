@@ -13,6 +13,10 @@ Contract shared by every implementation:
 - Streams: a stream has a send half, a receive half, or both. Writes are
   queued, never raise, and are silently dropped once the send half is finished,
   reset or the session is closed. ``reset`` and ``finish`` are idempotent.
+  ``reset`` after ``finish`` is left open: QUIC may abandon what it has not sent
+  yet (the reader then sees a RESET), WebSocket has nothing left to abandon (the
+  reader sees the FIN); callers must not rely on either, and the relay never
+  resets a stream it has finished.
 - Backpressure is per session: ``queued_bytes()`` is what the transport
   holds that has not reached the network yet, and ``when_writable()`` gives a
   Deferred that fires (from the reactor, never synchronously inside ``write``)

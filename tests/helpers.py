@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
 
 from moqrelay.auth import Authorizer
 from moqrelay.client.api import (
@@ -142,3 +143,18 @@ def one_turn(clock: Clock) -> int:
         call.called = 1
         call.func(*call.args, **call.kw)
     return len(due)
+
+
+class CachedTrackCase(SynchronousTestCase):
+    """A publisher of live/demo video with groups 0-2 of objects 0-3 cached in the relay
+    ("g.o" payloads), and a viewer subscribed to it."""
+
+    def setUp(self) -> None:
+        self.world = MemoryRelay()
+        self.clock = self.world.clock
+        self.publisher, self.track = self.world.publish((b"live", b"demo"), b"video")
+        self.viewer, self.sub = self.world.watch((b"live", b"demo"), b"video", Recorder())
+        for group in range(3):
+            for obj in range(4):
+                self.track.send_object(group, obj, b"%d.%d" % (group, obj))
+        settle(self.clock)

@@ -17,22 +17,12 @@ from moqrelay.relay.tracks import Track
 from moqrelay.wire import control as c
 from moqrelay.wire.data import FetchObject
 from moqrelay.wire.errors import FetchErrorCode
-from tests.helpers import MemoryRelay, Recorder, settle
+from tests.helpers import CachedTrackCase, MemoryRelay, Recorder, settle
 
 NS = (b"live", b"demo")
 
 
-class FetchTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.world = MemoryRelay()
-        self.clock = self.world.clock
-        self.publisher, self.track = self.world.publish(NS, b"video")
-        self.viewer, self.sub = self.world.watch(NS, b"video", Recorder())
-        for group in range(3):
-            for obj in range(4):
-                self.track.send_object(group, obj, b"%d.%d" % (group, obj))
-        settle(self.clock)
-
+class FetchTests(CachedTrackCase):
     def fetch(
         self, start: c.Location, end: c.Location, **kw: int
     ) -> Deferred[list[ReceivedObject]]:

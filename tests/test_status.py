@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-from twisted.trial.unittest import SynchronousTestCase
-
 from moqrelay.client.api import RequestRejected
 from moqrelay.wire import control as c
-from tests.helpers import MemoryRelay, Recorder, settle
+from tests.helpers import CachedTrackCase, settle
 
 NS = (b"live", b"demo")
 
 
-class TrackStatusTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.world = MemoryRelay()
-        self.clock = self.world.clock
-        self.publisher, self.track = self.world.publish(NS, b"video")
-        self.viewer, self.sub = self.world.watch(NS, b"video", Recorder())
-        for group in range(3):
-            for obj in range(4):
-                self.track.send_object(group, obj, b"%d.%d" % (group, obj))
-        settle(self.clock)
-
+class TrackStatusTests(CachedTrackCase):
     def test_track_status_from_cache_and_forwarded(self) -> None:
         d = self.viewer.track_status(NS, b"video")
         settle(self.clock)

@@ -11,6 +11,8 @@ relay is open and every request passes.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -23,11 +25,27 @@ from moqrelay.auth import (
     token_from_path,
 )
 from moqrelay.relay.namespaces import Namespace, format_namespace
+from moqrelay.relay.tracks import Track, TrackKey
 from moqrelay.session import MoqtSession
 from moqrelay.wire import control as c
 from moqrelay.wire.errors import SessionErrorCode
 
 _log = Logger()
+
+
+class RequestPeer(Protocol):
+    """What a request's handler (FETCH, TRACK_STATUS) asks of the peer that sent it."""
+
+    @property
+    def session(self) -> MoqtSession: ...
+
+    def check(
+        self, what: str, publish: bool, namespace: Namespace, params: list[c.Param]
+    ) -> AuthError | None:
+        """Why the peer's token refuses the request (the denial logged), or None."""
+
+    def live_track(self, key: TrackKey) -> Track | None:
+        """The relay's live track of that name, if any."""
 
 
 class PeerAccess:

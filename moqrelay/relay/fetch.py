@@ -17,11 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from moqrelay.auth import AuthError
+from moqrelay.relay.access import RequestPeer
 from moqrelay.relay.namespaces import Namespace
 from moqrelay.relay.subscription import Subscription
-from moqrelay.relay.tracks import Track, TrackKey
-from moqrelay.session import IncomingData, MoqtSession
+from moqrelay.relay.tracks import Track
+from moqrelay.session import IncomingData
 from moqrelay.transport.interfaces import IStream
 from moqrelay.wire import control as c
 from moqrelay.wire.control import Location
@@ -103,24 +103,13 @@ def encode_fetch_stream(request_id: int, objects: list[FetchObject]) -> bytes:
     return encode_fetch_header(request_id) + b"".join(encode_fetch_object(o) for o in objects)
 
 
-class FetchPeer(Protocol):
+class FetchPeer(RequestPeer, Protocol):
     """What FETCH handling asks of a peer, as a viewer and as a publisher."""
 
     # This peer's FETCHes being answered by a publisher (by its request id), and the
     # FETCHes forwarded to this peer as a publisher (by the relay's request id).
     fetches_out: dict[int, ForwardedFetch]
     fetches: dict[int, ForwardedFetch]
-
-    @property
-    def session(self) -> MoqtSession: ...
-
-    def check(
-        self, what: str, publish: bool, namespace: Namespace, params: list[c.Param]
-    ) -> AuthError | None:
-        """Why the peer's token refuses the request (the denial logged), or None."""
-
-    def live_track(self, key: TrackKey) -> Track | None:
-        """The relay's live track of that name, if any."""
 
     def subscription(self, request_id: int) -> Subscription | None:
         """This peer's subscription with that request id."""

@@ -10,30 +10,17 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from moqrelay.auth import AuthError
+from moqrelay.relay.access import RequestPeer
 from moqrelay.relay.namespaces import Namespace
-from moqrelay.relay.tracks import Track, TrackKey
-from moqrelay.session import MoqtSession
 from moqrelay.wire import control as c
 from moqrelay.wire.errors import SubscribeErrorCode
 
 
-class StatusPeer(Protocol):
+class StatusPeer(RequestPeer, Protocol):
     """What TRACK_STATUS handling asks of a peer."""
 
     # TRACK_STATUS forwarded to this peer: the relay's request id -> (viewer, its id).
     status_requests: dict[int, tuple[StatusPeer, int]]
-
-    @property
-    def session(self) -> MoqtSession: ...
-
-    def check(
-        self, what: str, publish: bool, namespace: Namespace, params: list[c.Param]
-    ) -> AuthError | None:
-        """Why the peer's token refuses the request (the denial logged), or None."""
-
-    def live_track(self, key: TrackKey) -> Track | None:
-        """The relay's live track of that name, if any."""
 
     def status_source(self, namespace: Namespace) -> StatusPeer | None:
         """The publisher announcing ``namespace`` (never this peer), if any."""

@@ -6,7 +6,8 @@ when it is bad and again when it expires, and decides each request: publish or
 subscribe, for a namespace, with the token the session brought or the one the
 request carries. Denials are logged at most once a minute per peer and kind
 (`moqrelay.auth.DenialLog`, shared across the relay). Without an authorizer the
-relay is open and every request passes.
+relay is open and every request passes. `RequestPeer` is what a request's
+handler (`fetch`, `status`) asks of the peer that sent it, the token check included.
 """
 
 from __future__ import annotations

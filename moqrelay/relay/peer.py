@@ -29,7 +29,6 @@ from moqrelay.relay.namespaces import (
     Namespace,
     NamespaceDirectory,
     format_namespace,
-    send_publish_namespace,
 )
 from moqrelay.relay.reaper import Reaper
 from moqrelay.relay.serve import SessionWriter
@@ -74,8 +73,6 @@ class Hub(Protocol):
     def attach(self, viewer: RelayPeer, track: Track, sub: Subscription) -> None: ...
 
     def new_track(self, key: TrackKey) -> Track: ...
-
-    def track_live(self, track: Track, group_order: int, largest: c.Location | None) -> None: ...
 
     def source_live(
         self, track: Track, source: Source, group_order: int, largest: c.Location | None
@@ -446,9 +443,6 @@ class RelayPeer:
 
     def _on_unsubscribe_namespace(self, msg: c.UnsubscribeNamespace) -> None:
         self.relay.directory.unwatch(self, msg.namespace_prefix)
-
-    def send_publish_namespace(self, namespace: Namespace) -> None:
-        send_publish_namespace(self.session, namespace)
 
     # -- downstream (this peer views) ----------------------------------------
 

@@ -226,8 +226,6 @@ class Relay:
             return
         if track.state == Track.ENDED:
             return
-        track.end_status = status
-        track.end_reason = reason
         for subgroup in list(track.open_subgroups()):
             subgroup.closed = True
         self._forget_track(track)

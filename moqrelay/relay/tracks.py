@@ -185,8 +185,6 @@ class Track:
         self.largest: Location | None = None
         self.group_order = 1
         self.subscriptions: dict[TrackViewer, None] = {}
-        self.end_status: int | None = None
-        self.end_reason = ""
         # The publishers that feed the track, oldest first.
         self.sources: dict[Publisher, Source] = {}
         # Pushed with PUBLISH: lives while a publisher keeps it, watched or not.

@@ -1,0 +1,63 @@
+"""Compatibility: the private parts of Autobahn (and of its Twisted adapter) the relay uses.
+
+`moqrelay.transport.websocket` keeps Autobahn for the handshake, control frames
+and the close handshake, but reads whole binary data frames itself and writes
+its own (unmasked) frames. For that it must know whether Autobahn is in the
+middle of a frame or message, hand Autobahn the bytes it should parse, and
+tidy a timer Autobahn leaves behind. Each such access is one function here;
+``tests/test_compat_autobahn.py`` checks the installed Autobahn still has
+what each relies on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "between_messages",
+    "cancel_close_handshake_timer",
+    "feed",
+    "has_queued_sends",
+    "mid_frame",
+    "option_names",
+]
+
+
+def option_names(protocol_class: Any) -> list[str]:
+    """The per-connection options Autobahn copies from the factory (``CONFIG_ATTRS``)."""
+    return list(protocol_class.CONFIG_ATTRS)
+
+
+def has_queued_sends(protocol: Any) -> bool:
+    """Whether Autobahn holds writes back in its send queue (chopped or synced sends).
+
+    Bytes written straight to the transport while it does would overtake them.
+    """
+    return bool(protocol.send_queue)
+
+
+def mid_frame(protocol: Any) -> bool:
+    """Whether Autobahn's reader holds buffered bytes or part of a frame: then the next
+    bytes received continue them and must go to Autobahn."""
+    return bool(protocol.data) or protocol.current_frame is not None
+
+
+def between_messages(protocol: Any) -> bool:
+    """Whether Autobahn's reader holds nothing of a frame nor of a (fragmented) message:
+    the next frame received starts a new message."""
+    return not mid_frame(protocol) and not protocol.inside_message
+
+
+def feed(protocol: Any, data: bytes) -> None:
+    """Give received bytes to Autobahn's own reader, skipping the Twisted adapter's
+    ``dataReceived`` (which builds debug-log arguments on every call)."""
+    protocol._dataReceived(data)
+
+
+def cancel_close_handshake_timer(protocol: Any) -> None:
+    """Cancel the close-handshake timer Autobahn leaves running when the TCP connection
+    goes before the peer's close frame arrives (it would later fire as a no-op)."""
+    timer = protocol.closeHandshakeTimeoutCall
+    if timer is not None:
+        protocol.closeHandshakeTimeoutCall = None
+        timer.cancel()

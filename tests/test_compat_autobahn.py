@@ -1,0 +1,117 @@
+"""Tests for moqrelay.compat.autobahn: the installed Autobahn still has what each function uses.
+
+Each test drives a real Autobahn server protocol (the relay's own, over an in-memory
+transport) so that an upgrade that renames or drops a private attribute fails here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketClientProtocol, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from moqrelay.compat import autobahn as compat
+from moqrelay.transport.interfaces import ISessionHandler, IStream, ITransportSession
+from moqrelay.transport.websocket import WebSocketTransportFactory
+
+_HANDSHAKE = (
+    b"GET /moq HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: webtransport\r\n\r\n"
+)
+# A masked binary frame carrying STREAM id 2, data "hi", and a masked ping.
+_MASK = b"\x01\x02\x03\x04"
+_FRAME = b"\x82\x84" + _MASK + bytes(b ^ _MASK[i % 4] for i, b in enumerate(b"\x08\x02hi"))
+_PING = b"\x89\x80" + _MASK
+
+
+@implementer(ISessionHandler)
+class _Handler:
+    def __init__(self) -> None:
+        self.streams: list[IStream] = []
+
+    def stream_opened(self, stream: IStream, bidirectional: bool) -> None:
+        self.streams.append(stream)
+
+    def datagram_received(self, data: bytes) -> None:
+        """None over WebSocket."""
+
+    def session_closed(self, code: int, reason: str) -> None:
+        """Not needed here."""
+
+
+def _open_protocol() -> tuple[Any, StringTransport, _Handler]:
+    """A relay server protocol after its opening handshake, with no timer running."""
+    handler = _Handler()
+
+    def make_handler(session: ITransportSession) -> _Handler:
+        return handler
+
+    factory = WebSocketTransportFactory(
+        Clock(), make_handler, auto_ping_interval=0, open_handshake_timeout=0
+    )
+    protocol: Any = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(_HANDSHAKE)
+    assert protocol.state == WebSocketProtocol.STATE_OPEN, transport.value()
+    transport.clear()
+    return protocol, transport, handler
+
+
+class CompatAutobahnTests(SynchronousTestCase):
+    def test_option_names(self) -> None:
+        for base in (WebSocketServerProtocol, WebSocketClientProtocol):
+            names = compat.option_names(base)
+            self.assertIn("autoPingInterval", names)
+            self.assertIn("maxFramePayloadSize", names)
+        protocol, _, _ = _open_protocol()
+        # Autobahn's own copy was skipped; ours set every option it would have.
+        for name in compat.option_names(WebSocketServerProtocol):
+            self.assertTrue(hasattr(protocol, name), name)
+        self.assertEqual(protocol.maxFramePayloadSize, 1 << 20)
+
+    def test_has_queued_sends(self) -> None:
+        protocol, _, _ = _open_protocol()
+        self.assertFalse(compat.has_queued_sends(protocol))
+        protocol.send_queue.append((b"held back", True))
+        self.assertTrue(compat.has_queued_sends(protocol))
+
+    def test_feed_and_reader_state(self) -> None:
+        protocol, transport, handler = _open_protocol()
+        self.assertFalse(compat.mid_frame(protocol))
+        self.assertTrue(compat.between_messages(protocol))
+        compat.feed(protocol, _FRAME[:3])
+        self.assertTrue(compat.mid_frame(protocol))
+        self.assertFalse(compat.between_messages(protocol))
+        compat.feed(protocol, _FRAME[3:])
+        self.assertFalse(compat.mid_frame(protocol))
+        self.assertEqual([s.stream_id for s in handler.streams], [2])
+        compat.feed(protocol, _PING)
+        self.assertEqual(transport.value(), b"\x8a\x00")  # Autobahn's pong
+
+    def test_between_messages_of_a_fragmented_message(self) -> None:
+        protocol, _, _ = _open_protocol()
+        first = b"\x02\x81" + _MASK + bytes((0x08 ^ _MASK[0],))
+        compat.feed(protocol, first)
+        self.assertFalse(compat.mid_frame(protocol))
+        self.assertFalse(compat.between_messages(protocol))
+
+    def test_cancel_close_handshake_timer(self) -> None:
+        protocol, _, _ = _open_protocol()
+        protocol.sendClose(1000)
+        timer = protocol.closeHandshakeTimeoutCall
+        cancelled: list[object] = []
+        timer.cancel, real_cancel = (lambda: cancelled.append(timer)), timer.cancel
+        compat.cancel_close_handshake_timer(protocol)
+        real_cancel()
+        self.assertIsNone(protocol.closeHandshakeTimeoutCall)
+        self.assertEqual(cancelled, [timer])
+        compat.cancel_close_handshake_timer(protocol)
+        self.assertEqual(cancelled, [timer])

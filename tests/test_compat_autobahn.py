@@ -11,14 +11,18 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketClientProtocol, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from moqrelay.compat import autobahn as compat
+from moqrelay.tls import generate_dev_chain
 from moqrelay.transport.interfaces import ISessionHandler, IStream, ITransportSession
-from moqrelay.transport.websocket import WebSocketTransportFactory
+from moqrelay.transport.websocket import WebSocketTransportFactory, client_tls_options
+from moqrelay.web import tls_context_factory
 
 _HANDSHAKE = (
     b"GET /moq HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
@@ -115,3 +119,63 @@ class CompatAutobahnTests(SynchronousTestCase):
         self.assertEqual(cancelled, [timer])
         compat.cancel_close_handshake_timer(protocol)
         self.assertEqual(cancelled, [timer])
+
+
+class _Received(Protocol):
+    def __init__(self) -> None:
+        self.data = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+
+def _tls_pair() -> tuple[Any, _Received, Clock, Any]:
+    """An in-memory TLS connection: (server transport, client's app protocol, clock, pump)."""
+    clock = Clock()
+    received = _Received()
+    server_factory = TLSMemoryBIOFactory(
+        tls_context_factory([generate_dev_chain()]), False, Factory.forProtocol(Protocol), clock
+    )
+    client_factory = TLSMemoryBIOFactory(
+        client_tls_options("localhost", verify=False),
+        True,
+        Factory.forProtocol(lambda: received),
+        clock,
+    )
+    server: Any = server_factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    client: Any = client_factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 2))
+    wires = StringTransport(), StringTransport()
+    server.makeConnection(wires[0])
+    client.makeConnection(wires[1])
+
+    def pump() -> None:
+        while wires[0].value() or wires[1].value():
+            to_client, to_server = wires[0].value(), wires[1].value()
+            wires[0].clear()
+            wires[1].clear()
+            if to_client:
+                client.dataReceived(to_client)
+            if to_server:
+                server.dataReceived(to_server)
+
+    pump()
+    return server, received, clock, pump
+
+
+class WriteBatchTests(SynchronousTestCase):
+    def test_over_tls_after_what_the_aggregator_holds(self) -> None:
+        server, received, clock, pump = _tls_pair()
+        self.assertIsInstance(server, BufferingTLSTransport)
+        server.write(b"held by the aggregator, ")
+        big = bytes(range(256)) * 200  # several TLS records
+        compat.write_batch(server, [b"then ", big])
+        pump()
+        self.assertEqual(received.data, b"held by the aggregator, then " + big)
+        clock.advance(0)
+        pump()
+        self.assertEqual(received.data, b"held by the aggregator, then " + big)
+
+    def test_over_tcp(self) -> None:
+        transport = StringTransport()
+        compat.write_batch(transport, [b"a", b"bc"])
+        self.assertEqual(transport.value(), b"abc")

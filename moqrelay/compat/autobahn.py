@@ -1,10 +1,11 @@
-"""Compatibility: the private parts of Autobahn (and of its Twisted adapter) the relay uses.
+"""Compatibility: the private parts of Autobahn and Twisted the WebSocket transport uses.
 
 `moqrelay.transport.websocket` keeps Autobahn for the handshake, control frames
 and the close handshake, but reads whole binary data frames itself and writes
 its own (unmasked) frames. For that it must know whether Autobahn is in the
 middle of a frame or message, hand Autobahn the bytes it should parse, and
-tidy a timer Autobahn leaves behind. Each such access is one function here;
+tidy a timer Autobahn leaves behind; it also writes its frames past Twisted's
+TLS write aggregator, which it does not need. Each such access is one function here;
 ``tests/test_compat_autobahn.py`` checks the installed Autobahn still has
 what each relies on.
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOProtocol
+
 __all__ = [
     "between_messages",
     "cancel_close_handshake_timer",
@@ -20,6 +23,7 @@ __all__ = [
     "has_queued_sends",
     "mid_frame",
     "option_names",
+    "write_batch",
 ]
 
 
@@ -61,3 +65,19 @@ def cancel_close_handshake_timer(protocol: Any) -> None:
     if timer is not None:
         protocol.closeHandshakeTimeoutCall = None
         timer.cancel()
+
+
+def write_batch(transport: Any, frames: list[bytes]) -> None:
+    """Write one reactor turn's worth of frames to a TCP or TLS transport.
+
+    Over TLS, Twisted's ``BufferingTLSTransport`` joins small writes for a turn before
+    encrypting them, then slices what it joined into 16 KiB records (a copy each).
+    The frames come batched already: they are joined once and handed to the TLS
+    layer as a memoryview, which it slices into records without copying, after
+    whatever the aggregator holds (Autobahn's own frames) so that order is kept.
+    """
+    if isinstance(transport, BufferingTLSTransport):
+        transport._aggregator.flush()
+        TLSMemoryBIOProtocol.write(transport, memoryview(b"".join(frames)))
+    else:
+        transport.writeSequence(frames)

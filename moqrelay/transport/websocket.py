@@ -621,7 +621,7 @@ class _AutobahnLink:
         if compat.has_queued_sends(protocol):
             protocol.sendData(b"".join(frames))
         else:
-            transport.writeSequence(frames)
+            compat.write_batch(transport, frames)
 
     def close_connection(self) -> None:
         # Autobahn aborts the TCP connection if the close handshake does not

@@ -1240,6 +1240,15 @@ class FramingTests(SynchronousTestCase):
         clock.advance(0)
         self.assertEqual(link.writes, [])
 
+    def test_writes_after_close_do_nothing(self) -> None:
+        session, link, _, clock = make_session(writes_frames=True)
+        stream = session.open_uni_stream()
+        session.connection_lost("gone")
+        stream.write(b"x" * 100)
+        stream.finish()
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(link.writes, [])
+
     def test_backpressure_counts_queued_frames(self) -> None:
         session, _, _, clock = make_session(writes_frames=True, low_water=1000, high_water=4000)
         stream = session.open_uni_stream()

@@ -9,6 +9,14 @@ without Autobahn. The Autobahn (Twisted) server and client protocols below are
 thin adapters: `WebSocketTransportFactory` for the relay (served directly or
 through `moqrelay.web`), `connect_websocket` for clients.
 
+Autobahn does the opening handshake, control frames (ping, pong, close) and the
+close handshake. The data path bypasses it both ways: a server session frames
+its own (unmasked) binary messages, queues each stream write as (headers, data)
+without copying the data, and hands a reactor turn's frames to the transport in
+one write; both sides read whole final binary frames themselves
+(`_read_messages`) and give Autobahn every other frame whole. The private parts
+of Autobahn and Twisted this needs are in `moqrelay.compat.autobahn`.
+
 Teardown is flat: whatever ends the session (APPLICATION_CLOSE, WebSocket close,
 TCP drop, ping timeout, our own close) clears the stream map in one step and
 calls ``session_closed`` exactly once; streams are never closed one by one.
@@ -547,9 +555,10 @@ class WebSocketSession:
         self._closed = True
         self._streams = {}
         self._waiters = []
-        if self._out is not None:
-            self._out = []
-            self._out_size = 0
+        # Frames not handed over yet are dropped; later writes take the slow path,
+        # which drops them too.
+        self._out = None
+        self._out_size = 0
         for call in (self._tick_call, self._fire_call):
             if call is not None and call.active():
                 call.cancel()

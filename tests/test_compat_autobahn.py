@@ -89,22 +89,34 @@ class CompatAutobahnTests(SynchronousTestCase):
 
     def test_feed_and_reader_state(self) -> None:
         protocol, transport, handler = _open_protocol()
-        self.assertFalse(compat.mid_frame(protocol))
+        self.assertFalse(compat.inside_frame(protocol))
         self.assertTrue(compat.between_messages(protocol))
-        compat.feed(protocol, _FRAME[:3])
-        self.assertTrue(compat.mid_frame(protocol))
+        compat.feed(protocol, _FRAME[:3])  # the header is not whole yet: only buffered
+        self.assertFalse(compat.inside_frame(protocol))
         self.assertFalse(compat.between_messages(protocol))
-        compat.feed(protocol, _FRAME[3:])
-        self.assertFalse(compat.mid_frame(protocol))
+        compat.feed(protocol, _FRAME[3:7])  # the header is whole: inside the frame
+        self.assertTrue(compat.inside_frame(protocol))
+        compat.feed(protocol, _FRAME[7:])
+        self.assertFalse(compat.inside_frame(protocol))
+        self.assertTrue(compat.between_messages(protocol))
         self.assertEqual([s.stream_id for s in handler.streams], [2])
         compat.feed(protocol, _PING)
         self.assertEqual(transport.value(), b"\x8a\x00")  # Autobahn's pong
+
+    def test_take_unparsed(self) -> None:
+        protocol, _, handler = _open_protocol()
+        compat.feed(protocol, _FRAME[:1])
+        self.assertEqual(compat.take_unparsed(protocol), _FRAME[:1])
+        self.assertTrue(compat.between_messages(protocol))
+        self.assertEqual(compat.take_unparsed(protocol), b"")
+        compat.feed(protocol, _FRAME)  # Autobahn reads on from a frame boundary
+        self.assertEqual([s.stream_id for s in handler.streams], [2])
 
     def test_between_messages_of_a_fragmented_message(self) -> None:
         protocol, _, _ = _open_protocol()
         first = b"\x02\x81" + _MASK + bytes((0x08 ^ _MASK[0],))
         compat.feed(protocol, first)
-        self.assertFalse(compat.mid_frame(protocol))
+        self.assertFalse(compat.inside_frame(protocol))
         self.assertFalse(compat.between_messages(protocol))
 
     def test_cancel_close_handshake_timer(self) -> None:

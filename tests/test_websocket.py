@@ -1360,6 +1360,21 @@ class ReaderTests(EndToEndMixin, TestCase):
         )
 
     @inlineCallbacks
+    def test_reads_on_from_what_autobahn_kept(self) -> Generator[Deferred[Any], Any, None]:
+        """Bytes of a frame left in Autobahn's buffer (say, sent with the handshake) are
+        taken back: the frames after them are still read without Autobahn."""
+        protocol = yield from self.server_protocol()
+        data = self.stream_frames(2, [b"kept", b"then", b"more"])
+        autobahn_compat.feed(protocol, data[:1])
+        fed: list[bytes] = []
+        self.patch(autobahn_compat, "feed", lambda protocol, data: fed.append(data))
+        protocol.dataReceived(data[1:])
+        receiver = self.server_handlers[0].receivers[2]
+        self.assertEqual(bytes(receiver.data), b"keptthenmore")
+        self.assertTrue(receiver.fin)
+        self.assertEqual(fed, [])
+
+    @inlineCallbacks
     def test_a_text_frame_is_refused(self) -> Generator[Deferred[Any], Any, None]:
         protocol = yield from self.server_protocol()
         protocol.dataReceived(client_frame(b"hello", opcode=1))

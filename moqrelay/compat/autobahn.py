@@ -3,7 +3,8 @@
 `moqrelay.transport.websocket` keeps Autobahn for the handshake, control frames
 and the close handshake, but reads whole binary data frames itself and writes
 its own (unmasked) frames. For that it must know whether Autobahn is in the
-middle of a frame or message, hand Autobahn the bytes it should parse, and
+middle of a frame or message, hand Autobahn the bytes it should parse (and take
+back those it holds past its last frame), and
 tidy a timer Autobahn leaves behind; it also writes its frames past Twisted's
 TLS write aggregator, which it does not need. Each such access is one function here;
 ``tests/test_compat_autobahn.py`` checks the installed Autobahn still has
@@ -21,8 +22,9 @@ __all__ = [
     "cancel_close_handshake_timer",
     "feed",
     "has_queued_sends",
-    "mid_frame",
+    "inside_frame",
     "option_names",
+    "take_unparsed",
     "write_batch",
 ]
 
@@ -40,16 +42,24 @@ def has_queued_sends(protocol: Any) -> bool:
     return bool(protocol.send_queue)
 
 
-def mid_frame(protocol: Any) -> bool:
-    """Whether Autobahn's reader holds buffered bytes or part of a frame: then the next
-    bytes received continue them and must go to Autobahn."""
-    return bool(protocol.data) or protocol.current_frame is not None
+def inside_frame(protocol: Any) -> bool:
+    """Whether Autobahn's reader has read a frame's header and waits for its payload:
+    then the next bytes received continue that frame and must go to Autobahn."""
+    return protocol.current_frame is not None
+
+
+def take_unparsed(protocol: Any) -> bytes:
+    """Take the bytes Autobahn's reader holds past the last frame it read (the start of
+    the next frame, when not `inside_frame`), so another reader can go on from there."""
+    data: bytes = protocol.data
+    protocol.data = b""
+    return data
 
 
 def between_messages(protocol: Any) -> bool:
     """Whether Autobahn's reader holds nothing of a frame nor of a (fragmented) message:
     the next frame received starts a new message."""
-    return not mid_frame(protocol) and not protocol.inside_message
+    return not protocol.data and protocol.current_frame is None and not protocol.inside_message
 
 
 def feed(protocol: Any, data: bytes) -> None:

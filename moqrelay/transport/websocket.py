@@ -783,24 +783,21 @@ def _read_messages(protocol: _ServerProtocol | _ClientProtocol, data: bytes) -> 
     return data[pos:]
 
 
-def _reading_ourselves(protocol: _ServerProtocol | _ClientProtocol) -> bool:
-    """Whether received bytes start at a frame boundary Autobahn knows of: after the
-    handshake, while open, with nothing of a frame in Autobahn's buffer."""
-    return (
-        protocol._session is not None
-        and protocol.state == WebSocketProtocol.STATE_OPEN
-        and not compat.mid_frame(protocol)
-    )
-
-
 def _data_received(protocol: _ServerProtocol | _ClientProtocol, data: bytes) -> None:
     partial, protocol._partial = protocol._partial, b""
-    if partial:
-        data = partial + data
-    if _reading_ourselves(protocol):
-        protocol._partial = _read_messages(protocol, data)
-    else:
-        compat.feed(protocol, data)
+    if (
+        protocol._session is None
+        or protocol.state != WebSocketProtocol.STATE_OPEN
+        or compat.inside_frame(protocol)
+    ):
+        compat.feed(protocol, partial + data if partial else data)
+        return
+    # Bytes Autobahn kept past its last frame (those that came with the handshake, say) come
+    # first; only one of the two leftovers can be non-empty.
+    held = compat.take_unparsed(protocol)
+    if held or partial:
+        data = held + partial + data
+    protocol._partial = _read_messages(protocol, data)
 
 
 class _ServerProtocol(WebSocketServerProtocol):

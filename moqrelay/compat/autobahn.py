@@ -4,11 +4,11 @@
 and the close handshake, but reads whole binary data frames itself and writes
 its own (unmasked) frames. For that it must know whether Autobahn is in the
 middle of a frame or message, hand Autobahn the bytes it should parse (and take
-back those it holds past its last frame), and
-tidy a timer Autobahn leaves behind; it also writes its frames past Twisted's
-TLS write aggregator, which it does not need. Each such access is one function here;
-``tests/test_compat_autobahn.py`` checks the installed Autobahn still has
-what each relies on.
+back those it holds past its last frame), and tidy a timer Autobahn leaves
+behind; it also writes its frames past Twisted's TLS write aggregator, which it
+does not need. Each such access is one function here;
+``tests/test_compat_autobahn.py`` checks that the installed Autobahn and Twisted
+still have what each relies on.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
+from moqrelay.compat import autobahn as autobahn_compat
 from moqrelay.tls import generate_dev_chain
 from moqrelay.transport import websocket as websocket_module
 from moqrelay.transport.interfaces import (
@@ -121,15 +122,27 @@ class RecordingHandler:
 
 
 class FakeLink:
-    def __init__(self, clock: Clock | None = None) -> None:
+    """Records the messages sent. With ``writes_frames`` the session frames them itself
+    (as over a server's WebSocket); `write_frames` then checks and strips the frame
+    headers and keeps each call's pieces in ``writes``."""
+
+    def __init__(self, clock: Clock | None = None, writes_frames: bool = False) -> None:
         self.clock = clock or Clock()
+        self.writes_frames = writes_frames
         self.sent: list[bytes] = []
+        self.writes: list[list[bytes]] = []
         self.closes = 0
         self.paused = False
         self.aborted = False
 
     def send_message(self, payload: bytes) -> None:
+        assert not self.writes_frames
         self.sent.append(payload)
+
+    def write_frames(self, frames: list[bytes]) -> None:
+        assert self.writes_frames
+        self.writes.append(list(frames))
+        self.sent.extend(_unframe(b"".join(frames)))
 
     def close_connection(self) -> None:
         self.closes += 1
@@ -152,11 +165,33 @@ class FakeLink:
         return frames
 
 
+def _unframe(data: bytes) -> list[bytes]:
+    """The payloads of whole, final, unmasked binary WebSocket frames."""
+    payloads = []
+    while data:
+        assert data[0] == 0x82 and data[1] & 0x80 == 0, data[:2]
+        size, start = data[1], 2
+        if size == 126:
+            size, start = int.from_bytes(data[2:4], "big"), 4
+            assert size > 125
+        elif size == 127:
+            size, start = int.from_bytes(data[2:10], "big"), 10
+            assert size > 0xFFFF
+        payloads.append(data[start : start + size])
+        assert len(payloads[-1]) == size
+        data = data[start + size :]
+    return payloads
+
+
 def make_session(
-    *, is_client: bool = False, low_water: int = 1000, high_water: int = 4000
+    *,
+    is_client: bool = False,
+    low_water: int = 1000,
+    high_water: int = 4000,
+    writes_frames: bool = False,
 ) -> tuple[WebSocketSession, FakeLink, RecordingHandler, Clock]:
     clock = Clock()
-    link = FakeLink(clock)
+    link = FakeLink(clock, writes_frames)
     session = WebSocketSession(
         clock,
         link,
@@ -1126,3 +1161,252 @@ class FrameHeaderTests(SynchronousTestCase):
         self.assertEqual(_binary_frame_header(16360), b"\x82\x7e\x3f\xe8")
         self.assertEqual(_binary_frame_header(65535), b"\x82\x7e\xff\xff")
         self.assertEqual(_binary_frame_header(65536), b"\x82\x7f\x00\x00\x00\x00\x00\x01\x00\x00")
+
+
+# -- the server frames its own messages (the fan-out hot path) -------------------------
+
+
+class FramingTests(SynchronousTestCase):
+    """A session over a link that `writes_frames` (a server's) queues its frames and hands
+    them over once per reactor turn."""
+
+    def test_frames_wait_for_the_end_of_the_turn(self) -> None:
+        session, link, _, clock = make_session(writes_frames=True, high_water=1 << 30)
+        first, second = session.open_uni_stream(), session.open_uni_stream()
+        data = b"o" * 4096
+        first.write(b"\x14\x00")
+        first.write(data)
+        second.write(data)
+        first.finish()
+        second.reset(5)
+        self.assertEqual(link.writes, [])
+        clock.advance(0)
+        self.assertEqual(len(link.writes), 1)
+        self.assertEqual(
+            link.take(),
+            [
+                StreamFrame(3, b"\x14\x00"),
+                StreamFrame(3, data),
+                StreamFrame(7, data),
+                StreamFrame(3, b"", True),
+                ResetStreamFrame(7, 5),
+            ],
+        )
+
+    def test_object_bytes_are_not_copied(self) -> None:
+        """Every viewer's frame carries the very bytes object written: one encoding, shared."""
+        session, link, _, clock = make_session(writes_frames=True, high_water=1 << 30)
+        streams = [session.open_uni_stream() for _ in range(3)]
+        data = bytes(range(256)) * 16
+        for stream in streams:
+            stream.write(data)
+        clock.advance(0)
+        [pieces] = link.writes
+        self.assertEqual([piece is data for piece in pieces], [False, True] * 3)
+
+    def test_long_writes_are_split(self) -> None:
+        session, link, _, clock = make_session(writes_frames=True, high_water=1 << 30)
+        stream = session.open_uni_stream()
+        data = bytes(range(256)) * 160
+        stream.write(data)
+        clock.advance(0)
+        frames = link.take()
+        self.assertEqual(
+            [len(f.data) for f in frames if isinstance(f, StreamFrame)],
+            [MAX_STREAM_FRAME_DATA, MAX_STREAM_FRAME_DATA, 40960 - 32720],
+        )
+        self.assertEqual(b"".join(f.data for f in frames if isinstance(f, StreamFrame)), data)
+
+    def test_handed_over_early_past_the_flush_size(self) -> None:
+        session, link, _, clock = make_session(writes_frames=True, high_water=1 << 30)
+        stream = session.open_uni_stream()
+        for _ in range(websocket_module._FLUSH_SIZE // 4096):
+            stream.write(b"x" * 4096)
+        self.assertEqual(link.writes, [])
+        stream.write(b"x" * 4096)
+        self.assertEqual(len(link.writes), 1)
+        stream.write(b"y")
+        clock.advance(0)
+        self.assertEqual(len(link.writes), 2)
+        self.assertEqual(link.take()[-1], StreamFrame(3, b"y"))
+
+    def test_close_sends_what_waits_first(self) -> None:
+        session, link, handler, clock = make_session(writes_frames=True)
+        stream = session.open_uni_stream()
+        stream.write(b"last")
+        session.close(0x3, "bye")
+        self.assertEqual(link.take(), [StreamFrame(3, b"last"), ApplicationCloseFrame(0x3, "bye")])
+        self.assertEqual(link.closes, 1)
+        # session_closed comes from the clock, never from inside close().
+        self.assertEqual(handler.closed, [])
+        clock.advance(0)
+        self.assertEqual(handler.closed, [(0x3, "bye")])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_connection_lost_drops_what_waits(self) -> None:
+        session, link, _, clock = make_session(writes_frames=True)
+        session.open_uni_stream().write(b"never sent")
+        session.connection_lost("gone")
+        clock.advance(0)
+        self.assertEqual(link.writes, [])
+
+    def test_writes_after_close_do_nothing(self) -> None:
+        session, link, _, clock = make_session(writes_frames=True)
+        stream = session.open_uni_stream()
+        session.connection_lost("gone")
+        stream.write(b"x" * 100)
+        stream.finish()
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(link.writes, [])
+
+    def test_backpressure_counts_queued_frames(self) -> None:
+        session, _, _, clock = make_session(writes_frames=True, low_water=1000, high_water=4000)
+        stream = session.open_uni_stream()
+        stream.write(b"x" * 3000)
+        self.successResultOf(session.when_writable())
+        stream.write(b"x" * 3000)
+        self.assertGreater(session.queued_bytes(), 4000)
+        waiter = session.when_writable()
+        self.assertNoResult(waiter)
+        clock.advance(0)
+        self.assertIsNone(self.successResultOf(waiter))
+        self.assertEqual(session.queued_bytes(), 0)
+
+    def test_a_pause_while_handing_over_blocks(self) -> None:
+        session, link, _, clock = make_session(writes_frames=True)
+        real = link.write_frames
+
+        def pausing(frames: list[bytes]) -> None:
+            real(frames)
+            session.pauseProducing()
+
+        link.write_frames = pausing  # type: ignore[method-assign]
+        session.open_uni_stream().write(b"x" * 10)
+        clock.advance(0)
+        self.assertNoResult(session.when_writable())
+
+
+# -- the server reads whole binary frames itself (the publisher's side) ----------------
+
+
+def client_frame(payload: bytes, *, opcode: int = 2, fin: bool = True, mask: bytes = b"") -> bytes:
+    """One masked client-to-server WebSocket frame."""
+    mask = mask or bytes((0x5A, 0xC3, 0x01, 0xFE))
+    size = len(payload)
+    if size < 126:
+        length = bytes((0x80 | size,))
+    elif size < 0x10000:
+        length = bytes((0x80 | 126,)) + size.to_bytes(2, "big")
+    else:
+        length = bytes((0x80 | 127,)) + size.to_bytes(8, "big")
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes(((0x80 if fin else 0) | opcode,)) + length + mask + masked
+
+
+class ReaderTests(EndToEndMixin, TestCase):
+    """Bytes fed straight to the server protocol, as the socket would deliver them."""
+
+    def setUp(self) -> None:
+        self.url = self.listen()
+        self.addCleanup(self.cleanup)
+
+    @inlineCallbacks
+    def server_protocol(self) -> Generator[Deferred[Any], Any, Any]:
+        yield connect_websocket(reactor, self.url, self.client_factory)
+        yield from wait_until(lambda: bool(self.server_handlers))
+        return cast(Any, self.server_handlers[0].session)._link._protocol
+
+    def stream_frames(self, stream_id: int, chunks: list[bytes]) -> bytes:
+        frames = [client_frame(encode_frame(StreamFrame(stream_id, c))) for c in chunks]
+        return b"".join(frames) + client_frame(encode_frame(StreamFrame(stream_id, b"", True)))
+
+    @inlineCallbacks
+    def test_any_split_of_the_bytes(self) -> Generator[Deferred[Any], Any, None]:
+        protocol = yield from self.server_protocol()
+        chunks = [bytes([n % 256]) * n for n in (1, 125, 126, 200, 4096, MAX_STREAM_FRAME_DATA)]
+        data = self.stream_frames(2, chunks) + self.stream_frames(70, chunks)
+        sizes = [1, 2, 3, 5, 8, 13, 4099]
+        pos = 0
+        for n in range(len(data)):
+            if pos >= len(data):
+                break
+            size = sizes[n % len(sizes)]
+            protocol.dataReceived(data[pos : pos + size])
+            pos += size
+        receivers = self.server_handlers[0].receivers
+        for stream_id in (2, 70):
+            self.assertEqual(bytes(receivers[stream_id].data), b"".join(chunks))
+            self.assertTrue(receivers[stream_id].fin)
+
+    @inlineCallbacks
+    def test_autobahn_gets_only_the_frames_it_must_read(
+        self,
+    ) -> Generator[Deferred[Any], Any, None]:
+        protocol = yield from self.server_protocol()
+        fed: list[bytes] = []
+        feed_autobahn = autobahn_compat.feed
+
+        def recording(protocol: Any, data: bytes) -> None:
+            fed.append(data)
+            feed_autobahn(protocol, data)
+
+        self.patch(autobahn_compat, "feed", recording)
+        ping = client_frame(b"are you there", opcode=9)
+        first = encode_frame(StreamFrame(2, b"first part "))
+        second = encode_frame(StreamFrame(2, b"second"))
+        fragmented = client_frame(first[:5], fin=False) + client_frame(first[5:], opcode=0)
+        data = (
+            client_frame(encode_frame(StreamFrame(2, b"fast ")))
+            + ping
+            + fragmented
+            + client_frame(second)
+        )
+        protocol.dataReceived(data[:-3])
+        protocol.dataReceived(data[-3:])
+        receiver = self.server_handlers[0].receivers[2]
+        self.assertEqual(bytes(receiver.data), b"fast first part second")
+        self.assertEqual(
+            fed, [ping, client_frame(first[:5], fin=False), client_frame(first[5:], opcode=0)]
+        )
+
+    @inlineCallbacks
+    def test_reads_on_from_what_autobahn_kept(self) -> Generator[Deferred[Any], Any, None]:
+        """Bytes of a frame left in Autobahn's buffer (say, sent with the handshake) are
+        taken back: the frames after them are still read without Autobahn."""
+        protocol = yield from self.server_protocol()
+        data = self.stream_frames(2, [b"kept", b"then", b"more"])
+        autobahn_compat.feed(protocol, data[:1])
+        fed: list[bytes] = []
+        self.patch(autobahn_compat, "feed", lambda protocol, data: fed.append(data))
+        protocol.dataReceived(data[1:])
+        receiver = self.server_handlers[0].receivers[2]
+        self.assertEqual(bytes(receiver.data), b"keptthenmore")
+        self.assertTrue(receiver.fin)
+        self.assertEqual(fed, [])
+
+    @inlineCallbacks
+    def test_a_text_frame_is_refused(self) -> Generator[Deferred[Any], Any, None]:
+        protocol = yield from self.server_protocol()
+        protocol.dataReceived(client_frame(b"hello", opcode=1))
+        code, reason = yield self.client_handlers[0].closed_d
+        self.assertEqual((code, reason), (0x3, "text WebSocket message"))
+
+    @inlineCallbacks
+    def test_a_bad_polyfill_frame_is_refused(self) -> Generator[Deferred[Any], Any, None]:
+        protocol = yield from self.server_protocol()
+        protocol.dataReceived(
+            client_frame(encode_frame(StreamFrame(2, b"x"))) + client_frame(b"\x42")
+        )
+        code, reason = yield self.client_handlers[0].closed_d
+        self.assertEqual((code, reason), (0x3, "unknown polyfill frame type 0x42"))
+        self.assertEqual(bytes(self.server_handlers[0].receivers[2].data), b"x")
+
+    @inlineCallbacks
+    def test_an_oversized_frame_fails_the_connection(
+        self,
+    ) -> Generator[Deferred[Any], Any, None]:
+        protocol = yield from self.server_protocol()
+        header = bytes((0x82, 0x80 | 127)) + (2 << 20).to_bytes(8, "big") + b"abcd"
+        protocol.dataReceived(header + b"\x00" * 100)
+        yield self.server_handlers[0].closed_d
+        self.assertEqual(protocol._partial, b"")

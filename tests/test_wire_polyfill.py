@@ -9,6 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from moqrelay.wire.errors import ProtocolViolation
 from moqrelay.wire.polyfill import (
     MAX_STREAM_FRAME_DATA,
+    STREAM_HEADER_MAX,
     ApplicationCloseFrame,
     Frame,
     ResetStreamFrame,
@@ -16,6 +17,7 @@ from moqrelay.wire.polyfill import (
     StreamFrame,
     decode_frame,
     encode_frame,
+    split_stream_frame,
 )
 from moqrelay.wire.varint import MAX_VARINT
 
@@ -215,3 +217,34 @@ class PropertyTests(SynchronousTestCase):
                 decode_frame(mutated)
             except ProtocolViolation:
                 pass
+
+    @_FUZZ
+    @given(st.one_of(frames.map(encode_frame), st.binary(max_size=24)))
+    def test_split_stream_frame_agrees_with_decode(self, message: bytes) -> None:
+        """Whenever the header split finds a STREAM frame, decode_frame finds the same one."""
+        split = split_stream_frame(message[:STREAM_HEADER_MAX])
+        if split is None:
+            self.assertFalse(
+                len(message) >= STREAM_HEADER_MAX and message[0] in (0x08, 0x09),
+                "a STREAM frame with a whole header must split",
+            )
+            return
+        stream_id, offset, fin = split
+        self.assertEqual(decode_frame(message), StreamFrame(stream_id, message[offset:], fin))
+
+
+class SplitStreamFrameTests(SynchronousTestCase):
+    def test_examples(self) -> None:
+        self.assertEqual(split_stream_frame(bytes.fromhex("08 03 14 00")), (3, 2, False))
+        self.assertEqual(split_stream_frame(bytes.fromhex("09 03")), (3, 2, True))
+        self.assertEqual(split_stream_frame(bytes.fromhex("08 40 43 00")), (67, 3, False))
+        self.assertEqual(
+            split_stream_frame(bytes.fromhex("08 c0 00 00 00 00 00 00 07")), (7, 9, False)
+        )
+
+    def test_not_a_stream_frame(self) -> None:
+        self.assertIsNone(split_stream_frame(b""))
+        self.assertIsNone(split_stream_frame(b"\x08"))
+        self.assertIsNone(split_stream_frame(bytes.fromhex("04 03 00")))
+        self.assertIsNone(split_stream_frame(bytes.fromhex("1d 00")))
+        self.assertIsNone(split_stream_frame(bytes.fromhex("08 40")))  # truncated stream id

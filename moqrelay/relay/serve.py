@@ -143,31 +143,38 @@ class DownstreamStream:
                 # A new stream, or a gap: object ids on one stream stay consecutive.
                 if stream is not None:
                     stream.finish()
-                self._open().write(
-                    obj.wire
-                    if obj.object_id == 0
-                    else obj.encode(obj.object_id, subgroup.has_extensions)
+                stream = self._open()
+                # One write for the subgroup header and the first object: one frame (one
+                # WebSocket message) rather than two.
+                stream.write(
+                    self._header()
+                    + (
+                        obj.wire
+                        if obj.object_id == 0
+                        else obj.encode(obj.object_id, subgroup.has_extensions)
+                    )
                 )
             self.last_id = obj.object_id
         if subgroup.closed or subgroup.evicted or self.subscription.draining:
             self._complete()
 
     def _open(self) -> IStream:
+        """Open the viewer's stream for this subgroup; its first write starts with `_header`."""
         sub = self.subscription
-        subgroup = self.subgroup
         stream = sub.open_stream()
         stream.set_receiver(self)
-        stream.write(
-            encode_subgroup_header(
-                sub.alias,
-                subgroup.group_id,
-                subgroup.subgroup_id,
-                subgroup.priority,
-                extensions=subgroup.has_extensions,
-            )
-        )
         self.stream = stream
         return stream
+
+    def _header(self) -> bytes:
+        subgroup = self.subgroup
+        return encode_subgroup_header(
+            self.subscription.alias,
+            subgroup.group_id,
+            subgroup.subgroup_id,
+            subgroup.priority,
+            extensions=subgroup.has_extensions,
+        )
 
     def _complete(self) -> None:
         self.done = True

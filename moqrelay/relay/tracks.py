@@ -230,15 +230,19 @@ class Track:
             ids.add(object_id)
         obj = CachedObject(object_id, payload, status, extensions, subgroup.has_extensions)
         subgroup.objects.append(obj)
-        group = self.groups.get(subgroup.group_id)
+        group_id = subgroup.group_id
+        group = self.groups.get(group_id)
         if group is not None:
-            group.bytes += obj.size()
-            self.cached_bytes += obj.size()
-        location = Location(subgroup.group_id, object_id)
-        if self.largest is None or location > self.largest:
-            self.largest = location
-        for sub in list(self.subscriptions):
-            sub.object_available(subgroup)
+            size = len(obj.wire)
+            group.bytes += size
+            self.cached_bytes += size
+        # A new Location only when the largest moves (tuple order is the draft's order).
+        largest = self.largest
+        if largest is None or (group_id, object_id) > largest:
+            self.largest = Location(group_id, object_id)
+        if self.subscriptions:
+            for sub in list(self.subscriptions):
+                sub.object_available(subgroup)
         if self.cached_bytes > self.max_bytes:
             self._evict()
 

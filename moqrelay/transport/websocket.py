@@ -9,6 +9,14 @@ without Autobahn. The Autobahn (Twisted) server and client protocols below are
 thin adapters: `WebSocketTransportFactory` for the relay (served directly or
 through `moqrelay.web`), `connect_websocket` for clients.
 
+Autobahn does the opening handshake, control frames (ping, pong, close) and the
+close handshake. The data path bypasses it both ways: a server session frames
+its own (unmasked) binary messages, queues each stream write as (headers, data)
+without copying the data, and hands a reactor turn's frames to the transport in
+one write; both sides read whole final binary frames themselves
+(`_read_messages`) and give Autobahn every other frame whole. The private parts
+of Autobahn and Twisted this needs are in `moqrelay.compat.autobahn`.
+
 Teardown is flat: whatever ends the session (APPLICATION_CLOSE, WebSocket close,
 TCP drop, ping timeout, our own close) clears the stream map in one step and
 calls ``session_closed`` exactly once; streams are never closed one by one.
@@ -47,8 +55,10 @@ from twisted.internet.interfaces import (
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from websockets.speedups import apply_mask
 from zope.interface import implementer
 
+from moqrelay.compat import autobahn as compat
 from moqrelay.transport.interfaces import (
     HandlerFactory,
     ISessionHandler,
@@ -59,12 +69,14 @@ from moqrelay.transport.interfaces import (
 from moqrelay.wire.errors import ProtocolViolation, SessionErrorCode
 from moqrelay.wire.polyfill import (
     MAX_STREAM_FRAME_DATA,
+    STREAM_HEADER_MAX,
     ApplicationCloseFrame,
     ResetStreamFrame,
     StopSendingFrame,
     StreamFrame,
     decode_frame,
     encode_frame,
+    split_stream_frame,
 )
 
 __all__ = [
@@ -88,6 +100,10 @@ MAX_REASON_BYTES = 1024
 _CLOSE_HANDSHAKE_TIMEOUT = 2.0
 # Our largest outgoing message is a full STREAM frame (type byte + 8-byte id + data).
 _MIN_MESSAGE_SIZE = MAX_STREAM_FRAME_DATA + 64
+# Frames the session builds itself are handed to the transport at the end of the
+# reactor turn, or as soon as this many bytes wait (Twisted's TLS write aggregator
+# writes at 64 000 bytes too).
+_FLUSH_SIZE = 64_000
 
 # Half states of a stream.
 _OPEN = 0
@@ -107,8 +123,16 @@ class WebSocketConnectError(ConnectionError):
 class _Link(Protocol):
     """What a `WebSocketSession` needs from the WebSocket connection under it."""
 
+    writes_frames: bool
+    """Whether the session frames its messages itself and hands them to `write_frames`
+    (a server: its frames are not masked), rather than calling `send_message`."""
+
     def send_message(self, payload: bytes) -> None:
         """Send one binary WebSocket message (dropped once the WebSocket is closing)."""
+
+    def write_frames(self, frames: list[bytes]) -> None:
+        """Write unmasked binary WebSocket frames, headers included, in this order
+        (dropped once the WebSocket is closing)."""
 
     def close_connection(self) -> None:
         """Start closing the WebSocket; the connection ends within a bounded time."""
@@ -146,11 +170,31 @@ class _WebSocketStream:
         self._receiver = receiver
 
     def write(self, data: bytes) -> None:
-        if self._send == _OPEN and data:
-            header = self._data_header
-            if not header:
-                header = self._data_header = encode_frame(StreamFrame(self.stream_id, b"", False))
-            self._session._write_stream(header, data)
+        if self._send != _OPEN or not data:
+            return
+        header = self._data_header
+        if not header:
+            header = self._data_header = encode_frame(StreamFrame(self.stream_id, b"", False))
+        session = self._session
+        out = session._out
+        if out is None or len(data) > MAX_STREAM_FRAME_DATA:
+            session._write_stream(header, data)
+            return
+        # The hot path of every relayed object, kept flat: the frame's headers and the
+        # object's bytes (shared by every viewer) are queued side by side, and joined
+        # once per reactor turn for the whole session.
+        size = len(header) + len(data)
+        frame = _HEADER_16.pack(0x82, 126, size) if size > 125 else bytes((0x82, size))
+        out.append(frame + header)
+        out.append(data)
+        session._out_size += size
+        session._written += size
+        if session._written > session._high_water:
+            session._blocked = True
+        if session._tick_call is None:
+            session._tick_call = session._clock.callLater(0, session._tick)
+        if session._out_size >= _FLUSH_SIZE:
+            session._flush()
 
     def finish(self) -> None:
         if self._send != _OPEN:
@@ -222,6 +266,9 @@ class WebSocketSession:
         self._tick_call: IDelayedCall | None = None
         self._fire_call: IDelayedCall | None = None
         self._waiters: list[Deferred[None]] = []
+        # Frames built here and not yet handed to the link (None: the link frames them).
+        self._out: list[bytes] | None = [] if link.writes_frames else None
+        self._out_size = 0
 
     def __repr__(self) -> str:
         side = "client" if self.is_client else "server"
@@ -269,7 +316,8 @@ class WebSocketSession:
     def close(self, code: int, reason: str) -> None:
         if self._closed:
             return
-        self._link.send_message(encode_frame(ApplicationCloseFrame(code, _truncate(reason))))
+        self._send_frame(encode_frame(ApplicationCloseFrame(code, _truncate(reason))))
+        self._flush()
         handler = self._shutdown()
         self._link.close_connection()
         self._clock.callLater(0, _notify_closed, handler, code, reason)
@@ -312,20 +360,36 @@ class WebSocketSession:
             if not is_binary:
                 raise ProtocolViolation("text WebSocket message")
             self._dispatch(payload)
-        except ProtocolViolation as e:
-            _log.info(
-                "closing WebSocket session with {peer}: {reason}", peer=self.peer, reason=e.reason
-            )
-            self.close(e.code, e.reason)
-        except Exception:
-            _log.failure("WebSocket session handler failed for {peer}", peer=self.peer)
-            self.close(SessionErrorCode.INTERNAL_ERROR, "internal error")
+        except Exception as e:
+            self._failed(e)
+
+    def stream_frame_received(self, stream_id: int, data: bytes, fin: bool) -> None:
+        """A STREAM frame arrived, its header already split off by the reader."""
+        if self._closed:
+            return
+        try:
+            self._on_stream(stream_id, data, fin)
+        except Exception as e:
+            self._failed(e)
 
     def connection_lost(self, reason: str) -> None:
         """The WebSocket is gone (close handshake, TCP drop, timeout)."""
         _notify_closed(self._shutdown(), SessionErrorCode.NO_ERROR, reason)
 
     # -- internals -------------------------------------------------------------
+
+    def _failed(self, error: Exception) -> None:
+        """Close the session after handling a message raised ``error`` (in an except block)."""
+        if isinstance(error, ProtocolViolation):
+            _log.info(
+                "closing WebSocket session with {peer}: {reason}",
+                peer=self.peer,
+                reason=error.reason,
+            )
+            self.close(error.code, error.reason)
+        else:
+            _log.failure("WebSocket session handler failed for {peer}", peer=self.peer)
+            self.close(SessionErrorCode.INTERNAL_ERROR, "internal error")
 
     def _open_local(self, *, uni: bool) -> _WebSocketStream:
         stream_id = self._next_local[uni]
@@ -434,16 +498,33 @@ class WebSocketSession:
     def _send_frame(self, payload: bytes) -> None:
         if self._closed:
             return
-        self._link.send_message(payload)
+        out = self._out
+        if out is None:
+            self._link.send_message(payload)
+        else:
+            out.append(_binary_frame_header(len(payload)))
+            out.append(payload)
+            self._out_size += len(payload)
         self._written += len(payload)
         if self._written > self._high_water:
             self._blocked = True
         if self._tick_call is None:
             self._tick_call = self._clock.callLater(0, self._tick)
+        if self._out_size >= _FLUSH_SIZE:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Hand the frames built so far to the link, in one call."""
+        out = self._out
+        if out:
+            self._out = []
+            self._out_size = 0
+            self._link.write_frames(out)
 
     def _tick(self) -> None:
         """A reactor turn passed: a transport that did not pause us took it all."""
         self._tick_call = None
+        self._flush()
         if not self._paused:
             self._written = 0
             self._maybe_unblock()
@@ -476,6 +557,10 @@ class WebSocketSession:
         self._closed = True
         self._streams = {}
         self._waiters = []
+        # Frames not handed over yet are dropped; later writes take the slow path,
+        # which drops them too.
+        self._out = None
+        self._out_size = 0
         for call in (self._tick_call, self._fire_call):
             if call is not None and call.active():
                 call.cancel()
@@ -525,26 +610,29 @@ def _request_path(uri: str) -> str:
 class _AutobahnLink:
     """`_Link` over an Autobahn WebSocket protocol."""
 
-    __slots__ = ("_protocol", "_unmasked")
+    __slots__ = ("_protocol", "writes_frames")
 
     def __init__(self, protocol: _ServerProtocol | _ClientProtocol) -> None:
         self._protocol = protocol
-        # A server's frames are not masked: it can write them itself.
-        self._unmasked = isinstance(protocol, WebSocketServerProtocol)
+        # A server's frames are not masked: it builds them itself, at a fraction of
+        # the cost of Autobahn's sendMessage (frame objects, debug-log arguments built
+        # even with debug logging off).
+        self.writes_frames = isinstance(protocol, WebSocketServerProtocol)
 
     def send_message(self, payload: bytes) -> None:
         protocol = self._protocol
-        if protocol.state != WebSocketProtocol.STATE_OPEN:
-            return
+        if protocol.state == WebSocketProtocol.STATE_OPEN:
+            protocol.sendMessage(payload, isBinary=True)
+
+    def write_frames(self, frames: list[bytes]) -> None:
+        protocol = self._protocol
         transport = protocol.transport
-        if self._unmasked and transport is not None and not protocol.send_queue:
-            # The hot path of every relayed object: one unfragmented, unmasked binary
-            # frame written straight to the transport. Autobahn's sendMessage costs
-            # several times more per message (frame objects, debug-log arguments
-            # built even with debug logging off).
-            transport.write(_binary_frame_header(len(payload)) + payload)
+        if protocol.state != WebSocketProtocol.STATE_OPEN or transport is None:
             return
-        protocol.sendMessage(payload, isBinary=True)
+        if compat.has_queued_sends(protocol):
+            protocol.sendData(b"".join(frames))
+        else:
+            compat.write_batch(transport, frames)
 
     def close_connection(self) -> None:
         # Autobahn aborts the TCP connection if the close handshake does not
@@ -599,39 +687,136 @@ def _connection_ended(
     reason: str | None,
 ) -> str:
     """Tidy Autobahn's timers at connection loss; return the reason to report."""
-    # Autobahn leaves the close-handshake timer running when the TCP connection
-    # goes before the peer's close frame arrives (it would later fire as a no-op).
-    timer = protocol.closeHandshakeTimeoutCall
-    if timer is not None:
-        protocol.closeHandshakeTimeoutCall = None
-        timer.cancel()
+    compat.cancel_close_handshake_timer(protocol)
     if was_clean:
         return f"WebSocket closed ({code}{': ' + reason if reason else ''})"
     return reason or "WebSocket connection lost"
 
 
-def _copy_factory_options(protocol: Any, names: list[str]) -> None:
+def _copy_factory_options(protocol: Any, base: type) -> None:
     """Copy Autobahn's per-connection options from the factory, as Autobahn would.
 
-    Autobahn's own copy (in ``_connectionMade``) also pretty-prints the 29 options for a debug
-    line, whether or not debug logging is on: about 0.2 ms per connection, which is most of
-    the relay's cost of accepting one. Our protocols copy the options here first, with the
+    Autobahn's own copy (when the connection is made) also pretty-prints the 29 options for a
+    debug line, whether or not debug logging is on: about 0.2 ms per connection, which is most
+    of the relay's cost of accepting one. Our protocols copy the options here first, with the
     same precedence (an attribute the protocol already has wins), and give Autobahn an empty
     ``CONFIG_ATTRS`` so that its loop has nothing to format.
     """
     factory = protocol.factory
-    for name in names:
+    for name in compat.option_names(base):
         if not hasattr(protocol, name):
             setattr(protocol, name, getattr(factory, name))
+
+
+def _frame_limit(protocol: Any) -> int:
+    """The largest binary frame `_read_messages` reads itself: Autobahn's frame and message
+    limits (0 is no limit to Autobahn)."""
+    limits = [n for n in (protocol.maxFramePayloadSize, protocol.maxMessagePayloadSize) if n]
+    return min(limits, default=1 << 62)
+
+
+def _read_messages(protocol: _ServerProtocol | _ClientProtocol, data: bytes) -> bytes:
+    """Read the frames at the start of ``data``; return the partial frame left at its end.
+
+    The publisher's side of the hot path. Each message of the polyfill is one final binary
+    frame: this reads those itself (one unmasking, straight into the bytes handed on, instead
+    of Autobahn's masker object per frame, its re-slicing of the buffer and its per-message
+    futures). Any other frame (control, text, fragmented, oversized, malformed) goes to
+    Autobahn whole, so that Autobahn always gets whole frames and never falls behind.
+    """
+    view = memoryview(data)
+    end = len(data)
+    pos = 0
+    masked = protocol._mask_bit
+    limit = protocol._max_frame
+    autobahn_mid_message = not compat.between_messages(protocol)
+    while end - pos >= 2:
+        first = data[pos]
+        second = data[pos + 1]
+        length = second & 0x7F
+        start = pos + 2
+        if length == 126:
+            start = pos + 4
+            if end < start:
+                break
+            length = (data[pos + 2] << 8) | data[pos + 3]
+        elif length == 127:
+            start = pos + 10
+            if end < start:
+                break
+            length = int.from_bytes(view[pos + 2 : start], "big")
+        if second & 0x80:
+            start += 4
+        if length > limit:
+            # Autobahn refuses it as soon as it has its header.
+            compat.feed(protocol, data[pos:])
+            return b""
+        stop = start + length
+        if stop > end:
+            break
+        session = protocol._session
+        if first != 0x82 or second & 0x80 != masked or autobahn_mid_message or session is None:
+            compat.feed(protocol, data[pos:stop])
+            autobahn_mid_message = not compat.between_messages(protocol)
+        elif masked:
+            mask = data[start - 4 : start]
+            head = apply_mask(view[start : min(stop, start + STREAM_HEADER_MAX)], mask)
+            split = split_stream_frame(head)
+            if split is None:
+                session.message_received(apply_mask(view[start:stop], mask), True)
+            else:
+                stream_id, offset, fin = split
+                turn = offset & 3
+                body = apply_mask(view[start + offset : stop], mask[turn:] + mask[:turn])
+                session.stream_frame_received(stream_id, body, fin)
+        else:
+            split = split_stream_frame(data[start : min(stop, start + STREAM_HEADER_MAX)])
+            if split is None:
+                session.message_received(data[start:stop], True)
+            else:
+                stream_id, offset, fin = split
+                session.stream_frame_received(stream_id, data[start + offset : stop], fin)
+        pos = stop
+        if protocol.state != WebSocketProtocol.STATE_OPEN:
+            # Closing: Autobahn reads the rest (it waits for the peer's close frame).
+            if pos < end:
+                compat.feed(protocol, data[pos:])
+            return b""
+    return data[pos:]
+
+
+def _data_received(protocol: _ServerProtocol | _ClientProtocol, data: bytes) -> None:
+    partial, protocol._partial = protocol._partial, b""
+    if (
+        protocol._session is None
+        or protocol.state != WebSocketProtocol.STATE_OPEN
+        or compat.inside_frame(protocol)
+    ):
+        compat.feed(protocol, partial + data if partial else data)
+        return
+    # Bytes Autobahn kept past its last frame (those that came with the handshake, say) come
+    # first; only one of the two leftovers can be non-empty.
+    held = compat.take_unparsed(protocol)
+    if held or partial:
+        data = held + partial + data
+    protocol._partial = _read_messages(protocol, data)
 
 
 class _ServerProtocol(WebSocketServerProtocol):
     CONFIG_ATTRS: list[str] = []
     _session: WebSocketSession | None = None
+    # Client frames are masked.
+    _mask_bit = 0x80
+    _max_frame = 0
+    _partial = b""
 
-    def _connectionMade(self) -> None:
-        _copy_factory_options(self, WebSocketServerProtocol.CONFIG_ATTRS)
-        super()._connectionMade()
+    def connectionMade(self) -> None:
+        _copy_factory_options(self, WebSocketServerProtocol)
+        self._max_frame = _frame_limit(self)
+        super().connectionMade()
+
+    def dataReceived(self, data: bytes) -> None:
+        _data_received(self, data)
 
     def onConnect(self, request: ConnectionRequest) -> str:
         if SUBPROTOCOL not in request.protocols:
@@ -717,10 +902,18 @@ class WebSocketTransportFactory(WebSocketServerFactory):
 class _ClientProtocol(WebSocketClientProtocol):
     CONFIG_ATTRS: list[str] = []
     _session: WebSocketSession | None = None
+    # Server frames are not masked.
+    _mask_bit = 0
+    _max_frame = 0
+    _partial = b""
 
-    def _connectionMade(self) -> None:
-        _copy_factory_options(self, WebSocketClientProtocol.CONFIG_ATTRS)
-        super()._connectionMade()
+    def connectionMade(self) -> None:
+        _copy_factory_options(self, WebSocketClientProtocol)
+        self._max_frame = _frame_limit(self)
+        super().connectionMade()
+
+    def dataReceived(self, data: bytes) -> None:
+        _data_received(self, data)
 
     def onOpen(self) -> None:
         factory = cast(_ClientFactory, self.factory)

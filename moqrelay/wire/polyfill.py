@@ -25,6 +25,7 @@ from moqrelay.wire.varint import NeedMoreData, Reader, encode_varint
 
 __all__ = [
     "MAX_STREAM_FRAME_DATA",
+    "STREAM_HEADER_MAX",
     "TYPE_APPLICATION_CLOSE",
     "TYPE_RESET_STREAM",
     "TYPE_STOP_SENDING",
@@ -37,6 +38,7 @@ __all__ = [
     "StreamFrame",
     "decode_frame",
     "encode_frame",
+    "split_stream_frame",
 ]
 
 # @moq/qmux (used by @moq/lite) rejects larger STREAM frames: 16 384 - 24.
@@ -123,6 +125,32 @@ def encode_frame(frame: Frame) -> bytes:
                 )
             )
     raise TypeError(f"not a polyfill frame: {frame!r}")
+
+
+STREAM_HEADER_MAX = 9
+"""A STREAM frame's header (type byte and stream id) is at most this many bytes."""
+
+
+def split_stream_frame(head: bytes) -> tuple[int, int, bool] | None:
+    """``(stream id, data offset, fin)`` if ``head`` starts a STREAM frame, else None.
+
+    ``head`` is the start of a message (at least its first `STREAM_HEADER_MAX`
+    bytes when it has that many). It lets a reader that unmasks frames itself
+    unmask the data straight into the bytes it hands on, with no second copy.
+    None for any other frame type or a truncated stream id: `decode_frame`
+    then decodes (or refuses) the whole message.
+    """
+    if len(head) < 2:
+        return None
+    kind = head[0]
+    if kind != TYPE_STREAM and kind != TYPE_STREAM_FIN:
+        return None
+    size = 1 << (head[1] >> 6)
+    end = 1 + size
+    if len(head) < end:
+        return None
+    stream_id = int.from_bytes(head[1:end], "big") & ((1 << (8 * size - 2)) - 1)
+    return stream_id, end, kind == TYPE_STREAM_FIN
 
 
 def decode_frame(message: bytes | bytearray | memoryview) -> Frame:

@@ -18,12 +18,16 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.trial.unittest import SkipTest
 
+from moqrelay.auth import Authorizer
 from moqrelay.client.api import TrackPublisher
+from moqrelay.client.token import make_token
+from moqrelay.client.tools import with_token
 from moqrelay.wire.data import STATUS_END_OF_TRACK, STATUS_NORMAL
 from tests.helpers import Recorder
 from tests.live import RelayFixture, wait_until
@@ -34,6 +38,7 @@ PEER = Path(__file__).resolve().parent / "moqrs_peer.py"
 INSTALL = f"{sys.executable} -m pip install -e '.[interop]' (moq-rs 0.5.1, in {REPO_ROOT})"
 KEPT_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
 
+SECRET = b"0123456789abcdef0123456789abcdef"
 BROADCAST = "test/ns"
 NS = (b"test", b"ns")
 TRACK = "t1"
@@ -135,12 +140,20 @@ class MoqrsFixture(RelayFixture):
 class PubSubTests(MoqrsFixture):
     """moq-rs publisher -> our relay -> moq-rs subscriber, every group intact."""
 
-    async def check(self, scheme: str, *extra: str) -> None:
-        await self.start_relay()
+    async def check(
+        self, scheme: str, *extra: str, authorizer: Authorizer | None = None, tokens: bool = False
+    ) -> None:
+        await self.start_relay(authorizer)
         url = self.url(scheme)
-        pub = self.peer("pub", url, *extra)
+        pub_url, sub_url = url, url
+        if tokens:
+            now = time.time()
+            pub_url = with_token(url, make_token(SECRET, now=now, publish=[BROADCAST]))
+            # The empty-prefix SUBSCRIBE_NAMESPACE that moq-rs needs takes a grant of "".
+            sub_url = with_token(url, make_token(SECRET, now=now, subscribe=[""]))
+        pub = self.peer("pub", pub_url, *extra)
         await self.started(pub)
-        sub = self.peer("sub", url, *extra)
+        sub = self.peer("sub", sub_url, *extra)
         await self.started(sub)
         self.go(pub)
         sub_out = await self.finished(sub)
@@ -155,6 +168,10 @@ class PubSubTests(MoqrsFixture):
 
     async def test_websocket(self) -> None:
         await self.check("wss", "--websocket")
+
+    async def test_tokens_in_the_url(self) -> None:
+        """moq-rs passes ``?jwt=`` on to the relay, which checks it (--auth-key)."""
+        await self.check("moqt", authorizer=Authorizer(SECRET), tokens=True)
 
 
 class MixedTests(MoqrsFixture):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import cast
 
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from moqrelay.client.api import RequestRejected
@@ -189,6 +190,58 @@ class DirectoryTests(SynchronousTestCase):
         self.assertEqual(self.directory.watching, {})
 
 
+class EmptyPrefixTests(SynchronousTestCase):
+    """SUBSCRIBE_NAMESPACE with 0 prefix fields (moq-dev's library) watches everything."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.directory: NamespaceDirectory[FakePeer] = NamespaceDirectory(
+            Reaper(self.clock), max_namespaces=4, max_publishers=2
+        )
+
+    def watch(self, peer: FakePeer, prefix: c.Namespace, request_id: int = 0) -> None:
+        self.directory.watch(peer, c.SubscribeNamespace(request_id, prefix, []), [])
+
+    def test_an_empty_prefix_sees_every_announcement(self) -> None:
+        publisher, watcher = FakePeer("p"), FakePeer("w")
+        self.directory.announce(publisher, c.PublishNamespace(0, (b"live", b"a"), []))
+        self.watch(watcher, ())
+        self.directory.announce(publisher, c.PublishNamespace(2, (b"other",), []))
+        self.assertEqual(watcher.session.sent[0], c.SubscribeNamespaceOk(0))
+        told = cast(list[c.PublishNamespace], watcher.session.of_type(c.PublishNamespace))
+        self.assertEqual([m.namespace for m in told], [(b"live", b"a"), (b"other",)])
+        self.assertEqual(self.directory.watchers((b"x", b"y", b"z"), None), [watcher])
+
+    def test_an_empty_prefix_overlaps_everything(self) -> None:
+        first, second = FakePeer("1"), FakePeer("2")
+        self.watch(first, ())
+        self.watch(first, (b"live",), request_id=2)
+        self.watch(second, (b"live",))
+        self.watch(second, (), request_id=2)
+        for peer in (first, second):
+            error = peer.session.sent[-1]
+            assert isinstance(error, c.SubscribeNamespaceError), peer.name
+            self.assertEqual(
+                error.error_code, SubscribeNamespaceErrorCode.NAMESPACE_PREFIX_OVERLAP, peer.name
+            )
+        self.assertEqual(first.namespace_subscriptions, {(): 0})
+        self.assertEqual(second.namespace_subscriptions, {(b"live",): 0})
+
+    def test_the_deviation_is_logged_once_per_session(self) -> None:
+        first, second = FakePeer("first"), FakePeer("second")
+        with capturedLogs() as events:
+            self.watch(first, ())
+            self.directory.unwatch(first, ())
+            self.watch(first, (), request_id=2)
+            self.watch(first, (b"a",), request_id=4)
+            self.watch(second, (b"a",))
+        lines = [formatEvent(event) for event in events]
+        self.assertEqual(len([line for line in lines if "empty prefix" in line]), 1, lines)
+        self.assertIn("first watches every namespace", lines[0])
+        self.directory.peer_gone(first)
+        self.assertEqual(self.directory.empty_prefix_logged, set())
+
+
 class NamespaceRelayTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.world = MemoryRelay()
@@ -244,3 +297,26 @@ class NamespaceRelayTests(SynchronousTestCase):
         self.assertEqual(len(watcher.offers), 1)
         self.assertEqual(self.world.relay.peers.keys().__len__(), 2)
         self.assertFalse(watcher.session.closed)
+
+    def test_an_empty_prefix_watcher_gets_every_namespace_and_track(self) -> None:
+        publisher, _, _ = self.world.connect()
+        publisher.announce((b"live", b"a"))
+        publisher.publish_track((b"vod", b"p"), b"t")
+        settle(self.clock)
+        watcher, _, _ = self.world.connect()
+        watcher.on_publish = lambda msg: Recorder()
+        d = watcher.subscribe_namespace(())
+        settle(self.clock)
+        self.successResultOf(d)
+        publisher.announce((b"other",))
+        settle(self.clock)
+        self.assertEqual(watcher.discovered, [(b"live", b"a"), (b"other",)])
+        self.assertEqual([m.namespace for m in watcher.offers], [(b"vod", b"p")])
+        overlapping = watcher.subscribe_namespace((b"live",))
+        settle(self.clock)
+        failure = self.failureResultOf(overlapping, RequestRejected)
+        self.assertEqual(failure.value.code, SubscribeNamespaceErrorCode.NAMESPACE_PREFIX_OVERLAP)
+        watcher.session.send(c.UnsubscribeNamespace(()))
+        settle(self.clock)
+        self.assertFalse(watcher.session.closed)
+        self.assertEqual(self.world.relay.directory.watching, {})

@@ -319,6 +319,10 @@ uint8s = st.integers(0, 255)
 namespaces: st.SearchStrategy[Namespace] = st.lists(
     st.binary(max_size=12), min_size=1, max_size=32
 ).map(tuple)
+# SUBSCRIBE_NAMESPACE and UNSUBSCRIBE_NAMESPACE also take the empty prefix.
+prefixes: st.SearchStrategy[Namespace] = st.lists(
+    st.binary(max_size=12), min_size=0, max_size=32
+).map(tuple)
 track_names = st.binary(max_size=24)
 reasons = st.text(max_size=40)
 locations = st.builds(Location, varints, varints)
@@ -469,10 +473,10 @@ STRATEGIES: dict[type[Any], st.SearchStrategy[ControlMessage]] = {
     PublishNamespaceError: _error_like(PublishNamespaceError),
     PublishNamespaceDone: st.builds(PublishNamespaceDone, namespaces),
     PublishNamespaceCancel: st.builds(PublishNamespaceCancel, namespaces, varints, reasons),
-    SubscribeNamespace: st.builds(SubscribeNamespace, varints, namespaces, params),
+    SubscribeNamespace: st.builds(SubscribeNamespace, varints, prefixes, params),
     SubscribeNamespaceOk: st.builds(SubscribeNamespaceOk, varints),
     SubscribeNamespaceError: _error_like(SubscribeNamespaceError),
-    UnsubscribeNamespace: st.builds(UnsubscribeNamespace, namespaces),
+    UnsubscribeNamespace: st.builds(UnsubscribeNamespace, prefixes),
 }
 
 any_message = st.one_of(list(STRATEGIES.values()))
@@ -732,7 +736,18 @@ class ValidationTests(SynchronousTestCase):
         self.assertEqual(
             _decode_all(_frame(0x09, b"\x20" + fields32)), [PublishNamespaceDone((b"a",) * 32)]
         )
-        self.assertViolation(_frame(0x11, b"\x02\x00\x00"))  # SUBSCRIBE_NAMESPACE, empty prefix
+        self.assertViolation(_frame(0x06, b"\x02\x00\x00"))  # PUBLISH_NAMESPACE, 0 fields
+        self.assertViolation(_frame(0x03, _hex("00 00 01 74 80 01 01 02 00")))  # SUBSCRIBE
+
+    def test_an_empty_namespace_prefix_means_every_namespace(self) -> None:
+        """A deviation from draft-14 that moq-dev's library relies on: 0 prefix fields."""
+        self.assertEqual(_decode_all(_frame(0x11, b"\x02\x00\x00")), [SubscribeNamespace(2, ())])
+        self.assertEqual(_decode_all(_frame(0x14, b"\x00")), [UnsubscribeNamespace(())])
+        self.assertEqual(encode_message(SubscribeNamespace(2, ())), _frame(0x11, b"\x02\x00\x00"))
+        self.assertEqual(encode_message(UnsubscribeNamespace(())), _frame(0x14, b"\x00"))
+        fields = b"".join(b"\x01a" for _ in range(33))
+        self.assertViolation(_frame(0x11, b"\x02\x21" + fields + b"\x00"))
+        self.assertViolation(_frame(0x14, b"\x21" + fields))
 
     def test_full_track_name_limit(self) -> None:
         def subscribe(ns_size: int, name_size: int) -> bytes:

@@ -5,25 +5,44 @@ stdin) once the relay subscribes; ``moqrelay-sub`` subscribes and prints each
 object or, with ``--count``, only counts them. Synthetic objects start with a
 16-byte stamp (magic, sequence, send time) so the subscriber can report
 per-object latency and detect loss.
+
+An expected failure (a bad URL, a relay that cannot be reached, a session the
+relay closes, say for a bad or expired token, a refused request) prints one
+line, ``moqrelay-sub: refused: may not subscribe to live/a``, to stderr and
+exits with status 1; a traceback means a bug. Bad arguments are argparse's
+(usage, status 2). A closed stdout (``moqrelay-sub ... | head``) ends the
+command quietly with status 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import struct
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+from twisted.internet import defer
+from twisted.internet import error as neterror
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall, react
 from twisted.python.failure import Failure
 
-from moqrelay.client.api import MoqtClient, ReceivedObject, TrackPublisher
+from moqrelay.client.api import (
+    MoqtClient,
+    ReceivedObject,
+    RequestRejected,
+    SessionLost,
+    TrackPublisher,
+)
 from moqrelay.client.connect import connect
+from moqrelay.transport.connect import SCHEMES
+from moqrelay.transport.quic import QuicConnectError
 from moqrelay.wire import control as c
 
 STAMP = struct.Struct("!4sIQ")
@@ -60,14 +79,122 @@ def with_token(url: str, token: str | None) -> str:
     return urlunsplit(parts._replace(query=query))
 
 
-def _connect(reactor: Any, args: argparse.Namespace) -> Deferred[MoqtClient]:
-    """The session the common options (_common) describe."""
-    return connect(
-        reactor,
-        with_token(args.url, args.token),
-        verify=not args.insecure,
-        fingerprint=args.fingerprint,
-    )
+class ToolError(Exception):
+    """An expected failure; its message is the one line the command prints."""
+
+
+class StdoutClosed(Exception):
+    """Whoever read standard output has gone (``... | head``): stop quietly."""
+
+
+# What a failed connection attempt raises: refused, unreachable, timed out, TLS.
+_CONNECT_ERRORS = (
+    neterror.ConnectError,
+    neterror.TimeoutError,
+    defer.TimeoutError,
+    OSError,
+    QuicConnectError,
+)
+
+
+def redacted_url(url: str) -> str:
+    """``url`` without its query and fragment (a ``?jwt=`` token must not be printed)."""
+    return urlunsplit(urlsplit(url)._replace(query="", fragment=""))
+
+
+def check_url(url: str) -> None:
+    """ToolError unless ``url`` names a scheme we speak, a host and a valid port."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (urlsplit checks the port only when asked)
+    except ValueError as e:
+        raise ToolError(f"bad URL {redacted_url(url)!r}: {e}") from None
+    if parts.scheme not in SCHEMES or not parts.hostname:
+        raise ToolError(
+            f"bad URL {redacted_url(url)!r}: give {'|'.join(SCHEMES)}://host:port/path"
+        )
+
+
+def failure_line(error: BaseException) -> str | None:
+    """The line an expected failure prints, None for a bug (which gets a traceback)."""
+    if isinstance(error, ToolError):
+        return str(error)
+    if isinstance(error, RequestRejected):
+        return f"refused: {error.reason}"
+    if isinstance(error, SessionLost):
+        return f"session closed: {error}"
+    return None
+
+
+def emit(line: str) -> None:
+    """Print ``line`` on stdout at once; StdoutClosed if nobody reads it any more."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        raise StdoutClosed() from None
+
+
+def run(prog: str, main: Callable[[Any], Coroutine[Any, Any, None]]) -> NoReturn:
+    """Run ``main(reactor)`` under `react`, turning expected failures into one line."""
+
+    async def guarded(reactor: Any) -> None:
+        try:
+            await main(reactor)
+        except StdoutClosed:
+            # Python flushes stdout at exit: point it at /dev/null so that the flush
+            # cannot raise BrokenPipeError again.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            raise SystemExit(0) from None
+        except Exception as e:
+            line = failure_line(e)
+            if line is None:
+                raise
+            print(f"{prog}: {line}", file=sys.stderr)
+            raise SystemExit(1) from None
+
+    # aioquic warns of a failed handshake through the logging module, whose last-resort
+    # handler would print a second line; the failure's own line says it all.
+    logging.getLogger("quic").addHandler(logging.NullHandler())
+    react(lambda reactor: Deferred.fromCoroutine(guarded(reactor)))
+    raise AssertionError("react() returned")  # it always exits
+
+
+async def _connect(reactor: Any, args: argparse.Namespace) -> MoqtClient:
+    """The session the common options (_common) describe; ToolError if there is none."""
+    check_url(args.url)
+    try:
+        return await connect(
+            reactor,
+            with_token(args.url, args.token),
+            verify=not args.insecure,
+            fingerprint=args.fingerprint,
+        )
+    except SessionLost as e:
+        raise ToolError(f"session refused: {e}") from None
+    except _CONNECT_ERRORS as e:
+        raise ToolError(f"cannot connect to {redacted_url(args.url)}: {e}") from None
+
+
+async def _closing(reactor: Any, client: MoqtClient, work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work``, then close the session, also on failure (waiting up to 1 s for it)."""
+    try:
+        await work
+    finally:
+        client.close()
+        if not client.closed.called:
+            gone: Deferred[None] = Deferred()
+            timer = reactor.callLater(1.0, gone.callback, None)
+
+            def closed(result: object) -> object:
+                if timer.active():
+                    timer.cancel()
+                    gone.callback(None)
+                return result
+
+            client.closed.addBoth(closed)
+            await gone
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -174,8 +301,7 @@ def _publish(
 def pub_main(argv: Sequence[str] | None = None) -> None:
     args = pub_parser().parse_args(argv)
 
-    async def main(reactor: Any) -> None:
-        client = await _connect(reactor, args)
+    async def publish(reactor: Any, client: MoqtClient) -> None:
         await client.announce(args.namespace)
         track = client.offer_track(args.namespace, args.track.encode())
         print(
@@ -185,9 +311,12 @@ def pub_main(argv: Sequence[str] | None = None) -> None:
         await track.subscribed
         print("subscribed; publishing", file=sys.stderr)
         await _publish(reactor, client, track, args)
-        client.close()
 
-    react(lambda reactor: Deferred.fromCoroutine(main(reactor)))
+    async def main(reactor: Any) -> None:
+        client = await _connect(reactor, args)
+        await _closing(reactor, client, publish(reactor, client))
+
+    run("moqrelay-pub", main)
 
 
 # -- subscriber --------------------------------------------------------------
@@ -250,26 +379,31 @@ def sub_main(argv: Sequence[str] | None = None) -> None:
     args = sub_parser().parse_args(argv)
     stats = SubStats()
 
-    def on_object(obj: ReceivedObject) -> None:
-        stats.add(obj, time.time_ns())
-        if not args.count:
-            print(
-                f"group {obj.group_id} object {obj.object_id} {len(obj.payload)} bytes", flush=True
-            )
+    async def watch(reactor: Any, client: MoqtClient) -> None:
+        stop: Deferred[None] = Deferred()
+        stdout_closed = False
 
-    async def main(reactor: Any) -> None:
-        client = await _connect(reactor, args)
+        def finish(_: object = None) -> None:
+            if not stop.called:
+                stop.callback(None)
+
+        def on_object(obj: ReceivedObject) -> None:
+            nonlocal stdout_closed
+            stats.add(obj, time.time_ns())
+            if args.count or stdout_closed:
+                return
+            try:
+                emit(f"group {obj.group_id} object {obj.object_id} {len(obj.payload)} bytes")
+            except StdoutClosed:
+                stdout_closed = True
+                finish()
+
         filter_type = (
             c.FILTER_LARGEST_OBJECT if args.filter == "largest" else c.FILTER_NEXT_GROUP_START
         )
         sub = await client.subscribe(
             args.namespace, args.track.encode(), on_object, filter_type=filter_type
         )
-        stop: Deferred[None] = Deferred()
-
-        def finish(_: object = None) -> None:
-            if not stop.called:
-                stop.callback(None)
 
         def track_done(done: c.PublishDone | Failure) -> None:
             # Objects may trail PUBLISH_DONE on their streams: wait a moment.
@@ -281,7 +415,15 @@ def sub_main(argv: Sequence[str] | None = None) -> None:
             timer = reactor.callLater(args.duration, finish)
             stop.addBoth(lambda _: timer.cancel() if timer.active() else None)
         await stop
-        print(stats.summary(), file=sys.stderr if not args.count else sys.stdout)
-        client.close()
+        if stdout_closed:
+            raise StdoutClosed()
+        if args.count:
+            emit(stats.summary())
+        else:
+            print(stats.summary(), file=sys.stderr)
 
-    react(lambda reactor: Deferred.fromCoroutine(main(reactor)))
+    async def main(reactor: Any) -> None:
+        client = await _connect(reactor, args)
+        await _closing(reactor, client, watch(reactor, client))
+
+    run("moqrelay-sub", main)

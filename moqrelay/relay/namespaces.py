@@ -5,7 +5,8 @@ the longest announced prefix of a track's namespace. `NamespaceDirectory`
 handles PUBLISH_NAMESPACE, PUBLISH_NAMESPACE_DONE, SUBSCRIBE_NAMESPACE and
 UNSUBSCRIBE_NAMESPACE for the relay: it tells watching peers and the
 --announce relay of every change, and withdraws a closed session's namespaces
-with the notifications queued on the reaper.
+with the notifications queued on the reaper. A SUBSCRIBE_NAMESPACE with an empty
+prefix watches every namespace (a draft-14 deviation, logged once per session).
 """
 
 from __future__ import annotations
@@ -154,6 +155,8 @@ class NamespaceDirectory(Generic[P]):
         # Namespaces whose last publisher's session ended, their PUBLISH_NAMESPACE_DONE
         # still queued on the reaper.
         self._withdrawing: set[Namespace] = set()
+        # Peers already logged for watching the empty prefix (once per session).
+        self.empty_prefix_logged: set[P] = set()
 
     def lookup(self, namespace: Namespace, exclude: P | None = None) -> P | None:
         """The newest publisher (other than ``exclude``) of the longest announced prefix."""
@@ -236,7 +239,11 @@ class NamespaceDirectory(Generic[P]):
             upstream.session.send(done)
 
     def watch(self, peer: P, msg: c.SubscribeNamespace, live: Iterable[Track]) -> None:
-        """A SUBSCRIBE_NAMESPACE the peer's token allows: answer, then send what matches."""
+        """A SUBSCRIBE_NAMESPACE the peer's token allows: answer, then send what matches.
+
+        The empty prefix (0 fields, which draft-14 forbids; see `c.SubscribeNamespace`)
+        covers every namespace, so it overlaps every other prefix of the same session.
+        """
         prefix = msg.namespace_prefix
         for existing in peer.namespace_subscriptions:
             if is_prefix(existing, prefix) or is_prefix(prefix, existing):
@@ -248,6 +255,13 @@ class NamespaceDirectory(Generic[P]):
                     )
                 )
                 return
+        if not prefix and peer not in self.empty_prefix_logged:
+            self.empty_prefix_logged.add(peer)
+            _log.info(
+                "{peer} watches every namespace (SUBSCRIBE_NAMESPACE with an empty prefix: a "
+                "draft-14 violation that moq-dev's library relies on, accepted)",
+                peer=peer.name,
+            )
         peer.namespace_subscriptions[prefix] = msg.request_id
         self.watching[peer] = None
         peer.session.send(c.SubscribeNamespaceOk(msg.request_id))
@@ -283,6 +297,7 @@ class NamespaceDirectory(Generic[P]):
         queued on the reaper, one namespace per step.
         """
         self.watching.pop(peer, None)
+        self.empty_prefix_logged.discard(peer)
         if self.upstream is peer:
             self.upstream = None
         namespaces, peer.namespaces = peer.namespaces, set()

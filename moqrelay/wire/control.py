@@ -206,9 +206,9 @@ def _encode_params(out: bytearray, params: list[Param]) -> None:
 # Field helpers -----------------------------------------------------------------------
 
 
-def _read_namespace(r: Reader) -> Namespace:
+def _read_namespace(r: Reader, min_fields: int = 1) -> Namespace:
     count = r.varint()
-    if not 1 <= count <= MAX_NAMESPACE_FIELDS:
+    if not min_fields <= count <= MAX_NAMESPACE_FIELDS:
         raise ProtocolViolation(f"track namespace has {count} fields")
     return tuple([r.length_prefixed() for _ in range(count)])
 
@@ -221,9 +221,13 @@ def _check_name_size(namespace: Namespace, track_name: bytes = b"") -> None:
         raise ProtocolViolation(f"full track name is {size} bytes long")
 
 
-def _encode_namespace(out: bytearray, namespace: Namespace, track_name: bytes = b"") -> None:
-    if not 1 <= len(namespace) <= MAX_NAMESPACE_FIELDS:
-        raise ValueError(f"track namespace must have 1..32 fields, not {len(namespace)}")
+def _encode_namespace(
+    out: bytearray, namespace: Namespace, track_name: bytes = b"", min_fields: int = 1
+) -> None:
+    if not min_fields <= len(namespace) <= MAX_NAMESPACE_FIELDS:
+        raise ValueError(
+            f"track namespace must have {min_fields}..32 fields, not {len(namespace)}"
+        )
     size = len(track_name) + sum(len(part) for part in namespace)
     if size > MAX_FULL_TRACK_NAME:
         raise ValueError(f"full track name is {size} bytes long")
@@ -1000,7 +1004,12 @@ class PublishNamespaceCancel:
 
 @dataclass(slots=True)
 class SubscribeNamespace:
-    """SUBSCRIBE_NAMESPACE (0x11), formerly SUBSCRIBE_ANNOUNCES."""
+    """SUBSCRIBE_NAMESPACE (0x11), formerly SUBSCRIBE_ANNOUNCES.
+
+    Deviation from draft-14: the prefix may have 0 fields, meaning every namespace.
+    The draft calls that a protocol violation, but moq-dev's library (`moq-rs`)
+    learns broadcasts only that way, and moq-dev's and aiomoqt's relays accept it.
+    """
 
     TYPE: ClassVar[int] = 0x11
 
@@ -1010,14 +1019,14 @@ class SubscribeNamespace:
 
     def encode_payload(self) -> bytes:
         out = bytearray(encode_varint(self.request_id))
-        _encode_namespace(out, self.namespace_prefix)
+        _encode_namespace(out, self.namespace_prefix, min_fields=0)
         _encode_params(out, self.params)
         return bytes(out)
 
     @classmethod
     def decode_payload(cls, r: Reader) -> Self:
         request_id = r.varint()
-        prefix = _read_namespace(r)
+        prefix = _read_namespace(r, min_fields=0)
         _check_name_size(prefix)
         return cls(request_id, prefix, _read_params(r, _NO_UNIQUE))
 
@@ -1038,7 +1047,8 @@ class SubscribeNamespaceError(_RequestError):
 
 @dataclass(slots=True)
 class UnsubscribeNamespace:
-    """UNSUBSCRIBE_NAMESPACE (0x14): no request id."""
+    """UNSUBSCRIBE_NAMESPACE (0x14): no request id; the prefix may be empty, as in
+    `SubscribeNamespace`, so that an empty-prefix watch can be ended."""
 
     TYPE: ClassVar[int] = 0x14
 
@@ -1046,12 +1056,12 @@ class UnsubscribeNamespace:
 
     def encode_payload(self) -> bytes:
         out = bytearray()
-        _encode_namespace(out, self.namespace_prefix)
+        _encode_namespace(out, self.namespace_prefix, min_fields=0)
         return bytes(out)
 
     @classmethod
     def decode_payload(cls, r: Reader) -> Self:
-        prefix = _read_namespace(r)
+        prefix = _read_namespace(r, min_fields=0)
         _check_name_size(prefix)
         return cls(prefix)
 

@@ -400,7 +400,7 @@ MALFORMED: list[tuple[str, bytes, int]] = [
     ("fetch type 4", frame(0x16, b"\x00\x04\x00"), PROTOCOL_VIOLATION),
     ("end of track 2", frame(0x18, b"\x00\x02\x00\x00\x00"), PROTOCOL_VIOLATION),
     # §2.4.1 (Track Naming): 0 namespace fields outside SUBSCRIBE_NAMESPACE.
-    ("empty namespace", frame(0x08, b"\x00"), PROTOCOL_VIOLATION),
+    ("empty namespace", frame(0x06, b"\x00\x00\x00"), PROTOCOL_VIOLATION),
     ("empty namespace field", frame(0x08, b"\x02\x01a\x00"), PROTOCOL_VIOLATION),
     (
         "33-field prefix",
@@ -445,6 +445,11 @@ class MalformedTests(SynchronousTestCase):
             encode_message(ClientSetup([0xFF00000E]))
         with self.assertRaises(ValueError):
             encode_message(ServerSetup(0xFF00000E))
+
+    def test_invalid_track_extension_is_not_sent(self) -> None:
+        # §11: DELIVERY_TIMEOUT 0 is invalid as a track extension too.
+        with self.assertRaises(ValueError):
+            encode_message(FetchOk(0, GROUP_ORDER_ASCENDING, False, Location(0, 0), [(2, 0)]))
 
     def test_parameter_without_a_draft16_place(self) -> None:
         # Draft-14's MAX_CACHE_DURATION parameter (0x04) is not a draft-16 parameter.
@@ -652,8 +657,8 @@ MESSAGES: st.SearchStrategy[Any] = st.one_of(
         tokens,
     ),
     st.builds(PublishNamespace, varints, namespaces, tokens),
-    st.builds(NamespaceMessage, namespaces),
-    st.builds(NamespaceDoneMessage, namespaces),
+    st.builds(NamespaceMessage, st.lists(names, max_size=3).map(tuple)),
+    st.builds(NamespaceDoneMessage, st.lists(names, max_size=3).map(tuple)),
     st.builds(PublishNamespaceDone16, varints),
     st.builds(PublishNamespaceCancel16, varints, varints, reasons),
     st.builds(

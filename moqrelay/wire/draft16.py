@@ -338,6 +338,15 @@ def _encode_namespace16(out: bytearray, namespace: Namespace, track_name: bytes 
     _encode_namespace(out, namespace, track_name)
 
 
+def _encode_partial_namespace(out: bytearray, fields: Namespace) -> None:
+    """A namespace prefix or suffix: like a Track Namespace, but 0 fields are allowed."""
+    if len(fields) > MAX_NAMESPACE_FIELDS or not all(fields):
+        raise ValueError("namespace prefix or suffix: at most 32 fields, none empty")
+    out += encode_varint(len(fields))
+    for part in fields:
+        _encode_bytes(out, part)
+
+
 def _check_track_extensions(extensions: list[Param]) -> None:
     """Validate the track extensions whose values draft-16 constrains (§11)."""
     for ext_type, value in extensions:
@@ -348,6 +357,13 @@ def _check_track_extensions(extensions: list[Param]) -> None:
             GROUP_ORDER_DESCENDING,
         ):
             raise ProtocolViolation(f"DEFAULT_PUBLISHER_GROUP_ORDER {value!r} is not 1 or 2")
+
+
+def _check_extensions_for_encode(extensions: list[Param]) -> None:
+    try:
+        _check_track_extensions(extensions)
+    except ProtocolViolation as exc:
+        raise ValueError(exc.reason) from None
 
 
 def _read_track_extensions(r: Reader) -> tuple[int, list[Param]]:
@@ -370,6 +386,7 @@ def _read_track_extensions(r: Reader) -> tuple[int, list[Param]]:
 
 
 def _encode_track_extensions(out: bytearray, group_order: int, extensions: list[Param]) -> None:
+    _check_extensions_for_encode(extensions)
     if group_order not in (GROUP_ORDER_ASCENDING, GROUP_ORDER_DESCENDING):
         raise ValueError(f"group order {group_order} is not allowed here")
     if any(ext_type == EXT_DEFAULT_PUBLISHER_GROUP_ORDER for ext_type, _ in extensions):
@@ -474,7 +491,11 @@ class RequestUpdate:
 
 @dataclass(slots=True)
 class _NamespaceSuffix:
-    """Layout shared by NAMESPACE and NAMESPACE_DONE: one Track Namespace Suffix."""
+    """Layout shared by NAMESPACE and NAMESPACE_DONE: one Track Namespace Suffix.
+
+    The suffix may have 0 fields: a namespace equal to the subscribed prefix
+    (draft-16 does not say; §2.4.1's 1-field minimum is for whole namespaces).
+    """
 
     TYPE: ClassVar[int]
 
@@ -482,12 +503,12 @@ class _NamespaceSuffix:
 
     def encode_payload(self) -> bytes:
         out = bytearray()
-        _encode_namespace16(out, self.suffix)
+        _encode_partial_namespace(out, self.suffix)
         return bytes(out)
 
     @classmethod
     def decode_payload(cls, r: Reader) -> Self:
-        suffix = _read_namespace16(r)
+        suffix = _read_namespace16(r, min_fields=0)
         _check_name_size(suffix)
         return cls(suffix)
 
@@ -564,14 +585,10 @@ class SubscribeNamespace16:
     params: list[Param] = field(default_factory=list)
 
     def encode_payload(self) -> bytes:
-        if len(self.namespace_prefix) > MAX_NAMESPACE_FIELDS or not all(self.namespace_prefix):
-            raise ValueError("namespace prefix: at most 32 fields, none empty")
         if not SUBSCRIBE_OPTIONS_PUBLISH <= self.options <= SUBSCRIBE_OPTIONS_BOTH:
             raise ValueError(f"subscribe options {self.options} is not 0, 1 or 2")
         out = bytearray(encode_varint(self.request_id))
-        out += encode_varint(len(self.namespace_prefix))
-        for part in self.namespace_prefix:
-            _encode_bytes(out, part)
+        _encode_partial_namespace(out, self.namespace_prefix)
         out += encode_varint(self.options)
         _encode_counted(out, self.params)
         return bytes(out)
@@ -967,6 +984,7 @@ def _encode_fetch_ok(msg: FetchOk) -> bytes:
     out.append(1 if msg.end_of_track else 0)
     _encode_location(out, msg.end)
     _encode_counted(out, [])
+    _check_extensions_for_encode(msg.params)
     out += encode_kvps(msg.params)
     return bytes(out)
 

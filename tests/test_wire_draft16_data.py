@@ -183,8 +183,9 @@ class FetchTests(SynchronousTestCase):
         FetchObject16(0, 0, 1, 0x80, b"", b"b"),  # flags 0x00: all from the prior object
         FetchObject16(1, 1, 0, 0x80, b"", b"c"),  # 0x0E: subgroup prior+1, object, group
         FetchObject16(1, None, 1, 0x80, b"", b"d"),  # 0x40: datagram preference
-        FetchRangeEnd(3, 0, unknown=True),  # 0x10C: End of Unknown Range
-        FetchObject16(3, 0, 1, 0x80, b"\x02\x05", b"e"),  # 0x20: extensions
+        FetchRangeEnd(3, 0, unknown=True),  # 0x10C: End of Unknown Range, no length
+        # 0x20: extensions; group and object from the marker, priority from object "d".
+        FetchObject16(3, 0, 1, 0x80, b"\x02\x05", b"e"),
     ]
     WIRE = bytes.fromhex(
         "0507"
@@ -192,7 +193,7 @@ class FetchTests(SynchronousTestCase):
         "00" + "0162"
         "0e0100" + "0163"
         "4040" + "0164"
-        "410c030000"
+        "410c0300"
         "20" + "020205" + "0165"
     )
 
@@ -209,13 +210,21 @@ class FetchTests(SynchronousTestCase):
     def test_decode(self) -> None:
         self.assertEqual(feed_bytewise(self.WIRE), [FetchHeader(7), *self.ENTRIES])
 
+    def test_datagram_counts_as_subgroup_zero(self) -> None:
+        # A datagram-preference object, then "prior subgroup + 1": subgroup 1.
+        wire = bytes.fromhex("0507405c000080000200")
+        self.assertEqual(
+            feed_bytewise(wire)[1:],
+            [FetchObject16(0, None, 0, 0x80, b"", b""), FetchObject16(0, 1, 1, 0x80, b"", b"")],
+        )
+
     def test_malformed(self) -> None:
         cases = [
             ("first object refers to the prior", "05070000"),
             ("first object without a group", "050714008000"),
             ("unknown flags", "0507408000"),
-            ("range end with a payload", "0507408c00000161"),
-            ("prior subgroup of a datagram", "0507405c000080000100"),
+            ("priority after only a marker", "0507408c00000c000100"),
+            ("subgroup after only a marker", "0507408c00001d00018000"),
         ]
         for name, hex_wire in cases:
             with self.assertRaises(ProtocolViolation, msg=name) as caught:

@@ -210,7 +210,10 @@ class FetchObject16:
 class FetchRangeEnd:
     """End of Non-Existent Range (0x8C) or End of Unknown Range (0x10C), §10.4.4.2:
     the objects after the previous one, up to this Location inclusive, do not exist
-    (`unknown` False) or have an unknown status (`unknown` True)."""
+    (`unknown` False) or have an unknown status (`unknown` True).
+
+    On the wire: the flags, Group ID and Object ID, and no Payload Length (§10.4.4.2
+    lists only those; aiomoqt and later drafts agree)."""
 
     group_id: int
     object_id: int
@@ -221,7 +224,10 @@ class FetchStreamEncoder16:
     """Encode the objects of one fetch stream, each against the one before (§10.4.4).
 
     It picks the shortest Serialization Flags: fields equal to the prior object's
-    (or its successor's, for the object and subgroup ids) are left out.
+    (or its successor's, for the object and subgroup ids) are left out. The prior
+    state follows `DataStreamDecoder16`: an End of Range marker is the prior for
+    the group and object ids only, and a datagram-preference object counts as
+    subgroup 0.
     """
 
     __slots__ = ("_group", "_object", "_priority", "_subgroup")
@@ -230,7 +236,7 @@ class FetchStreamEncoder16:
         self._group: int | None = None
         self._object = 0
         self._subgroup: int | None = None
-        self._priority = 0
+        self._priority: int | None = None
 
     def header(self, request_id: int) -> bytes:
         """The FETCH_HEADER that starts the stream."""
@@ -238,23 +244,23 @@ class FetchStreamEncoder16:
 
     def encode(self, obj: FetchObject16) -> bytes:
         """Encode one object."""
-        first = self._group is None
         flags = 0
+        prior_subgroup = self._subgroup
         if obj.subgroup_id is None:
             flags |= _FETCH_DATAGRAM
         elif obj.subgroup_id == 0:
             flags |= _FETCH_SUBGROUP_ZERO
-        elif not first and self._subgroup is not None and obj.subgroup_id == self._subgroup:
+        elif prior_subgroup is not None and obj.subgroup_id == prior_subgroup:
             flags |= _FETCH_SUBGROUP_PRIOR
-        elif not first and self._subgroup is not None and obj.subgroup_id == self._subgroup + 1:
+        elif prior_subgroup is not None and obj.subgroup_id == prior_subgroup + 1:
             flags |= _FETCH_SUBGROUP_NEXT
         else:
             flags |= _FETCH_SUBGROUP_FIELD
-        if first or obj.object_id != self._object + 1:
+        if self._group is None or obj.object_id != self._object + 1:
             flags |= _FETCH_OBJECT_ID
-        if first or obj.group_id != self._group:
+        if obj.group_id != self._group:
             flags |= _FETCH_GROUP_ID
-        if first or obj.publisher_priority != self._priority:
+        if obj.publisher_priority != self._priority:
             flags |= _FETCH_PRIORITY
         if obj.extensions:
             flags |= _FETCH_EXTENSIONS
@@ -273,18 +279,17 @@ class FetchStreamEncoder16:
         out += encode_varint(len(obj.payload))
         out += obj.payload
         self._group, self._object = obj.group_id, obj.object_id
-        self._subgroup, self._priority = obj.subgroup_id, obj.publisher_priority
+        self._subgroup = 0 if obj.subgroup_id is None else obj.subgroup_id
+        self._priority = obj.publisher_priority
         return bytes(out)
 
     def encode_range_end(self, marker: FetchRangeEnd) -> bytes:
-        """Encode an End of Range marker (Group ID, Object ID, zero Payload Length)."""
+        """Encode an End of Range marker: flags, Group ID, Object ID, nothing else."""
         flags = FLAG_END_OF_UNKNOWN_RANGE if marker.unknown else FLAG_END_OF_NON_EXISTENT_RANGE
-        out = encode_varint(flags) + encode_varint(marker.group_id)
-        out += encode_varint(marker.object_id) + b"\x00"
-        if self._group is None:
-            self._subgroup, self._priority = None, 0
         self._group, self._object = marker.group_id, marker.object_id
-        return out
+        return (
+            encode_varint(flags) + encode_varint(marker.group_id) + encode_varint(marker.object_id)
+        )
 
 
 DataEvent16: TypeAlias = (
@@ -325,8 +330,9 @@ class DataStreamDecoder16:
         self._header: SubgroupHeader | FetchHeader | None = None
         self._extensions = False
         self._last_object_id = -1
-        # Fetch streams: (group, object, subgroup, priority) of the prior entry.
-        self._prior: tuple[int, int, int | None, int] | None = None
+        # Fetch streams: (group, object, subgroup, priority) of the prior entry; an
+        # End of Range marker before any object leaves subgroup and priority None.
+        self._prior: tuple[int, int, int | None, int | None] | None = None
         self._error: ProtocolViolation | None = None
 
     @property
@@ -447,42 +453,42 @@ class DataStreamDecoder16:
         if flags in (FLAG_END_OF_NON_EXISTENT_RANGE, FLAG_END_OF_UNKNOWN_RANGE):
             group_id = r.varint()
             object_id = r.varint()
-            if r.varint() != 0:
-                raise ProtocolViolation("an End of Range marker has a payload")
-            subgroup, priority = (None, 0) if prior is None else (prior[2], prior[3])
+            # The marker is the prior for the group and object ids only.
+            subgroup, priority = (None, None) if prior is None else (prior[2], prior[3])
             self._prior = (group_id, object_id, subgroup, priority)
             return FetchRangeEnd(group_id, object_id, flags == FLAG_END_OF_UNKNOWN_RANGE)
         if flags > _FETCH_MAX_FLAGS:
             raise ProtocolViolation(f"unknown serialization flags 0x{flags:x}")
-        mode = flags & _FETCH_SUBGROUP_MASK
-        needs_prior = not (flags & _FETCH_GROUP_ID and flags & _FETCH_OBJECT_ID)
-        needs_prior |= not flags & _FETCH_PRIORITY
-        if not flags & _FETCH_DATAGRAM:
-            needs_prior |= mode in (_FETCH_SUBGROUP_PRIOR, _FETCH_SUBGROUP_NEXT)
-        if prior is None and needs_prior:
-            raise ProtocolViolation("the first fetch object refers to a prior object")
-        group_id = r.varint() if flags & _FETCH_GROUP_ID else prior[0] if prior else 0
+        if prior is None:
+            if not flags & _FETCH_GROUP_ID or not flags & _FETCH_OBJECT_ID:
+                raise ProtocolViolation("the first fetch object refers to a prior object")
+            prior = (0, 0, None, None)
+        group_id = r.varint() if flags & _FETCH_GROUP_ID else prior[0]
         subgroup_id: int | None = None
-        if not flags & _FETCH_DATAGRAM:
-            if mode == _FETCH_SUBGROUP_FIELD:
-                subgroup_id = r.varint()
-            elif mode == _FETCH_SUBGROUP_ZERO:
-                subgroup_id = 0
-            else:
-                prior_subgroup = prior[2] if prior else None
-                if prior_subgroup is None:
-                    raise ProtocolViolation("no prior subgroup id to refer to")
-                subgroup_id = prior_subgroup + (mode == _FETCH_SUBGROUP_NEXT)
-        if flags & _FETCH_OBJECT_ID:
-            object_id = r.varint()
+        mode = flags & _FETCH_SUBGROUP_MASK
+        if flags & _FETCH_DATAGRAM:
+            subgroup_id = None
+        elif mode == _FETCH_SUBGROUP_FIELD:
+            subgroup_id = r.varint()
+        elif mode == _FETCH_SUBGROUP_ZERO:
+            subgroup_id = 0
+        elif prior[2] is None:
+            raise ProtocolViolation("a fetch object refers to a prior subgroup id there is not")
         else:
-            object_id = prior[1] + 1 if prior else 0
-        priority = r.uint8() if flags & _FETCH_PRIORITY else prior[3] if prior else 0
+            subgroup_id = prior[2] + (mode == _FETCH_SUBGROUP_NEXT)
+        object_id = r.varint() if flags & _FETCH_OBJECT_ID else prior[1] + 1
+        if flags & _FETCH_PRIORITY:
+            priority = r.uint8()
+        elif prior[3] is None:
+            raise ProtocolViolation("a fetch object refers to a prior priority there is not")
+        else:
+            priority = prior[3]
         extensions = self._read_extensions(r) if flags & _FETCH_EXTENSIONS else b""
         payload = self._read_payload(r, r.varint())
         if extensions:
             parse_extensions(extensions)
-        self._prior = (group_id, object_id, subgroup_id, priority)
+        # A datagram-preference object counts as subgroup 0 for the next one.
+        self._prior = (group_id, object_id, subgroup_id or 0, priority)
         return FetchObject16(group_id, subgroup_id, object_id, priority, extensions, payload)
 
 

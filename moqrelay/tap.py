@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from moqrelay.auth import Authorizer
+from moqrelay.configfile import with_config_file
 from moqrelay.relay.config import RelayConfig
 from moqrelay.session import SessionLimits
 from moqrelay.tls import CertificateError, generate_dev_chain, load_chain
@@ -93,6 +94,20 @@ class Options(usage.Options):
     ]
 
     optParameters = [
+        [
+            "config",
+            None,
+            None,
+            "TOML file of options under their long names (etc/moqrelay.conf.example); "
+            "the command line wins over it.",
+        ],
+        [
+            "metrics",
+            None,
+            None,
+            "Twisted endpoint (tcp:9464:interface=127.0.0.1) serving Prometheus /metrics, "
+            "/healthz and /status. Off by default; keep it off the public network.",
+        ],
         [
             "bind",
             "b",
@@ -242,6 +257,11 @@ class Options(usage.Options):
         self["allowed-origins"] = []
         self["authorizer"] = None
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Parse ``options`` (sys.argv by default) after the --config file's options."""
+        argv = sys.argv[1:] if options is None else list(options)
+        super().parseOptions(with_config_file(self, argv))
+
     def opt_tls_cert(self, path: str) -> None:
         """PEM certificate chain (leaf first); repeat with --tls-key for SNI."""
         self["tls-cert"].append(path)
@@ -304,6 +324,9 @@ class Options(usage.Options):
         for endpoint in self["listen"]:
             if ":" not in endpoint:
                 raise usage.UsageError(f"--listen: {endpoint!r} is not an endpoint string")
+        metrics = self["metrics"]
+        if metrics is not None and ":" not in metrics:
+            raise usage.UsageError(f"--metrics: {metrics!r} is not an endpoint string")
 
 
 def makeService(options: Options, reactor: IReactorCore | None = None) -> IService:

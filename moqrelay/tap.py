@@ -394,4 +394,5 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
         udp_buffer=options["udp-buffer"],
         cert_paths=list(zip(options["tls-cert"], options["tls-key"], strict=True)),
         stop_signals=stop_signals,
+        metrics=options["metrics"],
     )

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+from twisted.internet import reactor
+from twisted.internet.interfaces import IReactorCore
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from moqrelay import tap
 from moqrelay.configfile import command_line, file_arguments
+from moqrelay.service import RelayService
 from moqrelay.tls import generate_dev_chain
 
 
@@ -179,6 +182,13 @@ class ConfigFileTests(SynchronousTestCase):
         broken = self.write(b"max-queued-bytes = \n")
         e = self.assertRaises(usage.UsageError, self.parse, ["--config", broken])
         self.assertIn("not valid TOML", str(e))
+
+    def test_file_options_reach_the_service(self) -> None:
+        path = self.config({"dev": True, "metrics": "tcp:0", "max-queued-bytes": 4096})
+        service = tap.makeService(self.parse(["--config", path]), cast(IReactorCore, reactor))
+        assert isinstance(service, RelayService)
+        self.assertIsNotNone(service.metrics_service)
+        self.assertEqual(service.relay.config.max_queued_bytes, 4096)
 
     def test_flag_false_is_the_default(self) -> None:
         options = self.parse(["--config", self.config({"dev": True, "quic-retry": False})])

@@ -83,6 +83,12 @@ SUBSCRIPTIONS_ENDED = Counter(
 )
 EVENT_COUNTERS = (SESSIONS_OPENED, SESSIONS_CLOSED, REQUESTS_REFUSED, SUBSCRIPTIONS_ENDED)
 
+# The relay's transports, exported at zero before their first session so that rates and
+# sums over them work from the start.
+TRANSPORTS = ("quic", "webtransport", "websocket")
+for _transport in TRANSPORTS:
+    SESSIONS_OPENED.labels(_transport)
+
 _REFUSALS: dict[type, tuple[str, type[IntEnum]]] = {
     c.SubscribeError: ("SUBSCRIBE_ERROR", SubscribeErrorCode),
     c.TrackStatusError: ("TRACK_STATUS_ERROR", SubscribeErrorCode),
@@ -148,8 +154,9 @@ class RelayCollector(Collector):
         sessions = GaugeMetricFamily(
             "moqrelay_sessions", "MoQT sessions open, by transport.", labels=["transport"]
         )
-        for transport, count in sorted(sessions_by_transport(served).items()):
-            sessions.add_metric([transport], count)
+        counts = sessions_by_transport(served)
+        for transport in sorted(counts.keys() | set(TRANSPORTS)):
+            sessions.add_metric([transport], counts.get(transport, 0))
         yield sessions
         tracks = GaugeMetricFamily(
             "moqrelay_tracks", "Tracks the relay holds, by state.", labels=["state"]

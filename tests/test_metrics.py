@@ -74,6 +74,11 @@ class CollectorTests(SynchronousTestCase):
 
     def test_state_is_read_at_scrape_time(self) -> None:
         before = self.scrape()
+        for transport in ("quic", "webtransport", "websocket"):
+            self.assertIn(("moqrelay_sessions", frozenset({("transport", transport)})), before)
+            self.assertIn(
+                ("moqrelay_sessions_opened_total", frozenset({("transport", transport)})), before
+            )
         self.assertEqual(value(before, "moqrelay_sessions", transport="memory"), 0)
         self.assertEqual(value(before, "moqrelay_tracks", state="live"), 0)
         publisher, track = self.mem.publish(NS, b"video")

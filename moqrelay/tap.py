@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.application.service import IService
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 from twisted.python import usage
@@ -325,8 +326,14 @@ class Options(usage.Options):
             if ":" not in endpoint:
                 raise usage.UsageError(f"--listen: {endpoint!r} is not an endpoint string")
         metrics = self["metrics"]
-        if metrics is not None and ":" not in metrics:
-            raise usage.UsageError(f"--metrics: {metrics!r} is not an endpoint string")
+        if metrics is not None:
+            try:
+                # Only parsed here: the endpoint touches no reactor until it listens.
+                serverFromString(None, metrics)
+            except (ValueError, TypeError) as e:
+                raise usage.UsageError(
+                    f"--metrics: {metrics!r} is not a server endpoint string ({e})"
+                ) from None
 
 
 def makeService(options: Options, reactor: IReactorCore | None = None) -> IService:

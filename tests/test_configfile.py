@@ -174,6 +174,8 @@ class ConfigFileTests(SynchronousTestCase):
     def test_values_are_checked_as_on_the_command_line(self) -> None:
         self.assertUsageError({"max-queued-bytes": -1}, "--max-queued-bytes must be positive")
         self.assertUsageError({"bind": "nowhere"}, "--bind")
+        for endpoint in ("9464", "tcp:port", "nonsense:1"):
+            self.assertUsageError({"metrics": endpoint}, "--metrics", "not a server endpoint")
 
     def test_unreadable_or_invalid_file(self) -> None:
         missing = self.mktemp()

@@ -64,7 +64,7 @@ def _positive(kind: type, name: str) -> Any:
 class Options(usage.Options):
     synopsis = (
         "[--bind HOST:PORT] (--tls-cert CERT --tls-key KEY ... | --dev) "
-        "[--announce URL] [--listen ENDPOINT ...] [limits]"
+        "[--announce URL] [--listen ENDPOINT ...] [--metrics ENDPOINT] [--config FILE] [limits]"
     )
     longdesc = (
         "Relay Media over QUIC (MoQT draft-14) tracks from publishers to viewers over raw "

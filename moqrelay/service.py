@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from moqrelay.auth import Authorizer
+from moqrelay.metrics import make_metrics_site
 from moqrelay.relay.config import RelayConfig
 from moqrelay.relay.hub import Relay
 from moqrelay.relay.upstream import UpstreamLink
@@ -43,10 +44,13 @@ _log = Logger()
 class _EndpointService(Service):
     """Listen on one stream endpoint while running."""
 
-    def __init__(self, endpoint: Any, factory: Any, description: str) -> None:
+    def __init__(
+        self, endpoint: Any, factory: Any, description: str, what: str = "WebSocket/HTTPS"
+    ) -> None:
         self.endpoint = endpoint
         self.factory = factory
         self.description = description
+        self.what = what
         self.port: IListeningPort | None = None
         self.listening: Deferred[IListeningPort] = Deferred()
 
@@ -58,7 +62,9 @@ class _EndpointService(Service):
 
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
-        _log.info("WebSocket/HTTPS listening on {d} ({a})", d=self.description, a=port.getHost())
+        _log.info(
+            "{what} listening on {d} ({a})", what=self.what, d=self.description, a=port.getHost()
+        )
         self.listening.callback(port)
 
     def _failed(self, failure: Failure) -> None:
@@ -111,6 +117,17 @@ class _QuicService(Service):
         if port is None:
             return None
         return _stop_listening(port)
+
+
+def _describe(kind: str, port: IListeningPort) -> str:
+    address = port.getHost()
+    host = getattr(address, "host", None)
+    if host is None:
+        name = getattr(address, "name", b"")
+        return f"unix {name.decode() if isinstance(name, bytes) else name}"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{kind} {host}:{_port_number(port)}"
 
 
 def _port_number(port: IListeningPort) -> int:
@@ -200,6 +217,7 @@ class RelayService(MultiService):
         udp_buffer: int = 4 << 20,
         cert_paths: list[tuple[str, str]] | None = None,
         stop_signals: bool = False,
+        metrics: str | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -262,6 +280,16 @@ class RelayService(MultiService):
 
             self.upstream = UpstreamLink(reactor, self.relay, announce, connector, limits=limits)
             _UpstreamService(self.upstream).setServiceParent(self)
+        # /metrics, /healthz and /status: up until the drain is over, unlike the web ports.
+        self.metrics_service: _EndpointService | None = None
+        if metrics is not None:
+            self.metrics_service = _EndpointService(
+                serverFromString(reactor, metrics),
+                make_metrics_site(self, reactor),
+                metrics,
+                what="Metrics, /healthz and /status",
+            )
+            self.metrics_service.setServiceParent(self)
 
     def handler_factory(self, transport: ITransportSession) -> ISessionHandler:
         return MoqtSession(transport, self.reactor, self.relay.app_factory, self.limits)
@@ -341,6 +369,15 @@ class RelayService(MultiService):
         """The TCP ports of the web side, in the order bind, then --listen, once listening."""
         ports = await gatherResults([s.listening for s in self.web_services])
         return [_port_number(port) for port in ports]
+
+    def listening(self) -> list[str]:
+        """Where the relay listens now: ``udp [::]:443``, ``tcp 127.0.0.1:8080``, ...; the
+        metrics endpoint too."""
+        ports = [("udp", self.quic_service.port)]
+        ports += [("tcp", service.port) for service in self.web_services]
+        if self.metrics_service is not None:
+            ports.append(("metrics tcp", self.metrics_service.port))
+        return [_describe(kind, port) for kind, port in ports if port is not None]
 
     def udp_port(self) -> int:
         port = self.quic_service.port

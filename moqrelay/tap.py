@@ -10,11 +10,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.application.service import IService
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 from twisted.python import usage
 
 from moqrelay.auth import Authorizer
+from moqrelay.configfile import with_config_file
 from moqrelay.relay.config import RelayConfig
 from moqrelay.session import SessionLimits
 from moqrelay.tls import CertificateError, generate_dev_chain, load_chain
@@ -62,7 +64,7 @@ def _positive(kind: type, name: str) -> Any:
 class Options(usage.Options):
     synopsis = (
         "[--bind HOST:PORT] (--tls-cert CERT --tls-key KEY ... | --dev) "
-        "[--announce URL] [--listen ENDPOINT ...] [limits]"
+        "[--announce URL] [--listen ENDPOINT ...] [--metrics ENDPOINT] [--config FILE] [limits]"
     )
     longdesc = (
         "Relay Media over QUIC (MoQT draft-14) tracks from publishers to viewers over raw "
@@ -93,6 +95,20 @@ class Options(usage.Options):
     ]
 
     optParameters = [
+        [
+            "config",
+            None,
+            None,
+            "TOML file of options under their long names (etc/moqrelay.conf.example); "
+            "the command line wins over it.",
+        ],
+        [
+            "metrics",
+            None,
+            None,
+            "Twisted endpoint (tcp:9464:interface=127.0.0.1) serving Prometheus /metrics, "
+            "/healthz and /status. Off by default; keep it off the public network.",
+        ],
         [
             "bind",
             "b",
@@ -242,6 +258,11 @@ class Options(usage.Options):
         self["allowed-origins"] = []
         self["authorizer"] = None
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Parse ``options`` (sys.argv by default) after the --config file's options."""
+        argv = sys.argv[1:] if options is None else list(options)
+        super().parseOptions(with_config_file(self, argv))
+
     def opt_tls_cert(self, path: str) -> None:
         """PEM certificate chain (leaf first); repeat with --tls-key for SNI."""
         self["tls-cert"].append(path)
@@ -304,6 +325,15 @@ class Options(usage.Options):
         for endpoint in self["listen"]:
             if ":" not in endpoint:
                 raise usage.UsageError(f"--listen: {endpoint!r} is not an endpoint string")
+        metrics = self["metrics"]
+        if metrics is not None:
+            try:
+                # Only parsed here: the endpoint touches no reactor until it listens.
+                serverFromString(None, metrics)
+            except (ValueError, TypeError) as e:
+                raise usage.UsageError(
+                    f"--metrics: {metrics!r} is not a server endpoint string ({e})"
+                ) from None
 
 
 def makeService(options: Options, reactor: IReactorCore | None = None) -> IService:
@@ -371,4 +401,5 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
         udp_buffer=options["udp-buffer"],
         cert_paths=list(zip(options["tls-cert"], options["tls-key"], strict=True)),
         stop_signals=stop_signals,
+        metrics=options["metrics"],
     )

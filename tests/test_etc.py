@@ -1,5 +1,5 @@
 """Tests for the operator files in etc/ (systemd unit, example configuration, README):
-the example's options parse with the relay's own option parser, and the unit keeps
+the example (TOML) parses with the relay's own option parser, and the unit keeps
 its sandboxing."""
 
 # mypy: disallow-untyped-calls=False
@@ -7,9 +7,11 @@ its sandboxing."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
+import tomllib
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -17,6 +19,7 @@ from twisted.scripts._twistd_unix import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase
 
 from moqrelay import tap
+from moqrelay.configfile import file_arguments
 from moqrelay.tls import generate_dev_chain
 
 ETC = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "etc")
@@ -27,8 +30,6 @@ INSTALLED_CONF = "/etc/moqrelay/moqrelay.conf"
 CERT_PATH = "/etc/moqrelay/fullchain.pem"
 TOKEN_KEY_PATH = "/etc/moqrelay/token-public.pem"
 KEY_PATH = "/etc/moqrelay/key.pem"
-
-_VARIABLE = re.compile(r"\$\{(\w+)\}")
 
 
 def read(path: str) -> str:
@@ -54,74 +55,52 @@ def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
     return sections
 
 
-def parse_environment_file(text: str) -> dict[str, str]:
-    """NAME=value lines, as systemd's EnvironmentFile= reads them (no quoting used)."""
-    env: dict[str, str] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line[0] in "#;":
-            continue
-        name, sep, value = line.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z_]\w*", name.strip()):
-            raise ValueError(f"not an environment line: {raw!r}")
-        if value.strip()[:1] in ("'", '"') or "\\" in value:
-            raise ValueError(f"keep the example unquoted: {raw!r}")
-        env[name.strip()] = value.strip()
-    return env
-
-
-def expand_command(command: str, env: dict[str, str]) -> list[str]:
-    """Expand a systemd command line: a word that is exactly ``$NAME`` becomes the value
-    split on whitespace (no words if empty); ``${NAME}`` is replaced inside its word."""
-    words: list[str] = []
-    for word in shlex.split(command):
-        if word.startswith("$") and re.fullmatch(r"\$\w+", word):
-            words.extend(env[word[1:]].split())
-        else:
-            words.append(_VARIABLE.sub(lambda m: env[m.group(1)], word))
-    return words
-
-
 class EtcTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.unit = parse_unit(read(UNIT))
         self.service = self.unit["Service"]
-        self.env = parse_environment_file(read(EXAMPLE))
+        self.example = read(EXAMPLE)
+        self.table = tomllib.loads(self.example)
         chain = generate_dev_chain()
-        self.cert = self.mktemp()
-        self.key = self.mktemp()
-        with open(self.cert, "wb") as f:
-            f.write(chain.cert_pem)
-        with open(self.key, "wb") as f:
-            f.write(chain.key_pem)
-        self.token_key = self.mktemp()
+        self.cert = self.write(chain.cert_pem)
+        self.key = self.write(chain.key_pem)
         public = ec.generate_private_key(ec.SECP256R1()).public_key()
-        with open(self.token_key, "wb") as f:
-            f.write(
-                public.public_bytes(
-                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-                )
+        self.token_key = self.write(
+            public.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             )
+        )
+
+    def write(self, data: bytes) -> str:
+        path = str(self.mktemp())
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
 
     def one(self, key: str) -> str:
         values = self.service.get(key, [])
         self.assertEqual(len(values), 1, f"{key}= should appear once in the unit")
         return values[0]
 
+    def installed_conf(self) -> str:
+        """The example with the development certificate and a token key in place of the
+        installed paths (which must be the documented ones)."""
+        text = self.example
+        for installed, temporary in (
+            (CERT_PATH, self.cert),
+            (KEY_PATH, self.key),
+            (TOKEN_KEY_PATH, self.token_key),
+        ):
+            self.assertIn(json.dumps(installed), text)
+            text = text.replace(json.dumps(installed), json.dumps(temporary))
+        return self.write(text.encode())
+
     def command(self) -> list[str]:
-        """ExecStart expanded with the example configuration, with the development
-        certificate in place of the installed paths (which must be the documented ones)."""
-        words = expand_command(self.one("ExecStart"), self.env)
-        replaced = {
-            "--tls-cert": (CERT_PATH, self.cert),
-            "--tls-key": (KEY_PATH, self.key),
-            "--auth-key": (TOKEN_KEY_PATH, self.token_key),
-        }
-        for i, word in enumerate(words[:-1]):
-            if word in replaced:
-                installed, temporary = replaced[word]
-                self.assertEqual(words[i + 1], installed)
-                words[i + 1] = temporary
+        """ExecStart, with the example (its paths replaced) as the installed configuration."""
+        words = shlex.split(self.one("ExecStart"))
+        at = words.index("--config") + 1
+        self.assertEqual(words[at], INSTALLED_CONF)
+        words[at] = self.installed_conf()
         return words
 
     def relay_arguments(self) -> list[str]:
@@ -137,17 +116,18 @@ class EtcTests(SynchronousTestCase):
         self.assertFalse(options["dev"])
         self.assertIsNotNone(options["authorizer"])
         self.assertEqual(options["allowed-origins"], ["https://player.example.net"])
+        self.assertEqual(options["metrics"], "tcp:9464:interface=127.0.0.1")
 
     def test_example_limits_are_the_defaults(self) -> None:
-        given = tap.Options()
-        given.parseOptions(self.relay_arguments())
-        defaults = tap.Options()
-        defaults.parseOptions(["--tls-cert", self.cert, "--tls-key", self.key])
-        limits = self.env["MOQRELAY_LIMITS"].split()[::2]
-        self.assertTrue(limits)
-        for flag in limits:
-            name = flag.removeprefix("--")
-            self.assertEqual(given[name], defaults[name], name)
+        defaults = tap.Options().defaults
+        limits = [
+            key
+            for key, value in self.table.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        ]
+        self.assertGreaterEqual(len(limits), 10)
+        for key in limits:
+            self.assertEqual(self.table[key], defaults[key], key)
 
     def test_whole_command_parses_with_twistd(self) -> None:
         words = self.command()
@@ -161,18 +141,29 @@ class EtcTests(SynchronousTestCase):
         self.assertEqual(config.subOptions["bind-address"], ("::", 443))
 
     def test_every_option_is_in_the_example(self) -> None:
-        text = read(EXAMPLE)
-        names = {name.rstrip("=") for name in tap.Options().longOpt} - {"help", "version"}
+        names = {name.rstrip("=") for name in tap.Options().longOpt}
+        names -= {"help", "version", "config"}
         self.assertIn("bind", names)
-        missing = sorted(name for name in names if f"--{name}" not in text)
+        missing = sorted(
+            name
+            for name in names
+            if not re.search(rf"^(# )?{re.escape(name)} = ", self.example, re.MULTILINE)
+        )
         self.assertEqual(missing, [], "options missing from etc/moqrelay.conf.example")
 
+    def test_commented_examples_parse(self) -> None:
+        """The commented-out settings are valid TOML of the right types, once uncommented."""
+        lines = re.findall(r"^# ([a-z-]+ = .*)$", self.example, re.MULTILINE)
+        self.assertTrue(lines)
+        table = tomllib.loads("\n".join(lines))
+        self.assertEqual(set(table) & set(self.table), set())
+        file_arguments(tap.Options(), EXAMPLE, table)
+
     def test_unit_reads_the_example(self) -> None:
-        self.assertEqual(self.one("EnvironmentFile"), INSTALLED_CONF)
+        self.assertNotIn("EnvironmentFile", self.service)
         self.assertIn(INSTALLED_CONF, read(README))
-        used = set(_VARIABLE.findall(self.one("ExecStart")))
-        used |= set(re.findall(r"\$(\w+)", self.one("ExecStart")))
-        self.assertEqual(used, set(self.env))
+        self.assertIn(f"--config {INSTALLED_CONF}", self.one("ExecStart"))
+        self.assertNotIn("$", self.one("ExecStart"))
 
     def test_readme_deploys_the_example_paths(self) -> None:
         readme = read(README)
@@ -226,15 +217,6 @@ class EtcTests(SynchronousTestCase):
 
 
 class HelperTests(SynchronousTestCase):
-    def test_expand_command(self) -> None:
-        env = {"ONE": "a b", "MANY": "--x 1  --y", "EMPTY": ""}
-        self.assertEqual(
-            expand_command("/bin/t --o ${ONE} $MANY $EMPTY end", env),
-            ["/bin/t", "--o", "a b", "--x", "1", "--y", "end"],
-        )
-
-    def test_parsers_refuse_nonsense(self) -> None:
+    def test_parse_unit_refuses_nonsense(self) -> None:
         self.assertRaises(ValueError, parse_unit, "Key=value\n")
-        self.assertRaises(ValueError, parse_environment_file, "no equals sign\n")
-        self.assertRaises(ValueError, parse_environment_file, 'A="quoted"\n')
-        self.assertEqual(parse_environment_file("# c\nA=1\n\nB=\n"), {"A": "1", "B": ""})
+        self.assertEqual(parse_unit("[A]\n# c\nK=1\nK=2\n"), {"A": {"K": ["1", "2"]}})

@@ -10,11 +10,10 @@ import os
 import select
 import socket
 import struct
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 from twisted.internet import reactor as _global_reactor
-from twisted.internet import task
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
@@ -23,6 +22,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from moqrelay.transport import udp
+from moqrelay.transport.quic import QuicEndpoint, QuicSessionBase, connect_quic
 from moqrelay.transport.udp import (
     MAX_GSO_BYTES,
     MAX_SEGMENTS,
@@ -34,6 +34,7 @@ from moqrelay.transport.udp import (
     offload_enabled,
     write_datagrams,
 )
+from tests.test_quic import CHAIN, HandlerFactory, until
 
 reactor: Any = _global_reactor
 
@@ -552,13 +553,6 @@ class WriteDatagramsTests(SynchronousTestCase):
 class RealReactorTests(TestCase):
     """Two ports on the real reactor: datagrams both ways, then both ports close."""
 
-    async def until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        deadline = reactor.seconds() + timeout
-        while not predicate():
-            if reactor.seconds() > deadline:
-                raise AssertionError("condition not reached in time")
-            await task.deferLater(reactor, 0.005, lambda: None)
-
     async def check_both_ways(self, interface: str, offload: bool) -> None:
         ends = []
         for _ in range(2):
@@ -574,7 +568,7 @@ class RealReactorTests(TestCase):
         sent = payloads(150, 1200, last=99)
         a.write_batch([(d, b_addr) for d in sent])
         b.write_batch([(d, a_addr) for d in sent])
-        await self.until(lambda: len(pa.datagrams) == len(sent) == len(pb.datagrams))
+        await until(lambda: len(pa.datagrams) == len(sent) == len(pb.datagrams))
         self.assertEqual([d for d, _ in pb.datagrams], sent)
         self.assertEqual([d for d, _ in pa.datagrams], sent)
         self.assertEqual(pa.datagrams[0][1], b_addr)
@@ -600,3 +594,57 @@ class RealReactorTests(TestCase):
         self.assertIn(port, reactor.getReaders())
         await port.stopListening()
         self.assertNotIn(port, reactor.getReaders())
+
+
+class CountingPort(BatchUDPPort):
+    """Records the size of every batch the QUIC endpoint hands over."""
+
+    batches: list[int]
+
+    def write_batch(self, datagrams: Sequence[tuple[bytes, Any]]) -> None:
+        self.batches.append(len(datagrams))
+        super().write_batch(datagrams)
+
+
+class QuicOverBatchPortTests(TestCase):
+    """The QUIC endpoint on batched ports at both ends (IPv4 and IPv6): each flush of a
+    connection is one batch, and 300 KiB echo back intact, with and without offload."""
+
+    async def check_echo(self, interface: str, offload: bool) -> None:
+        factory = HandlerFactory(echo=True)
+        server = QuicEndpoint(reactor, chains=[CHAIN], handler_factory=factory)
+        port = CountingPort(reactor, 0, server, interface=interface, offload=offload)
+        port.batches = []
+        port.startListening()
+        self.addCleanup(port.stopListening)
+        self.addCleanup(server.close_all)
+        client_factory = HandlerFactory()
+        host = f"[{interface}]" if ":" in interface else interface
+        session = await connect_quic(
+            reactor, f"moqt://{host}:{port.getHost().port}", client_factory, verify=False
+        )
+        client_endpoint = cast(QuicSessionBase, session)._connection.endpoint
+        self.assertIsInstance(client_endpoint.transport, BatchUDPPort)
+        [client] = client_factory.handlers
+        stream = session.open_bidi_stream()
+        recorder = client.track(stream, True)
+        payload = bytes(range(256)) * 1200
+        stream.write(payload)
+        stream.finish()
+        await until(lambda: recorder.fin)
+        self.assertEqual(bytes(recorder.data), payload)
+        self.assertGreater(max(port.batches), 1)  # a flush's datagrams went out together
+        self.assertEqual(port.dropped, 0)
+        client_endpoint.close_all()
+        await until(lambda: client_endpoint.transport is None)
+
+    async def test_echo_ipv4(self) -> None:
+        await self.check_echo("127.0.0.1", True)
+
+    async def test_echo_ipv4_plain(self) -> None:
+        await self.check_echo("127.0.0.1", False)
+
+    async def test_echo_ipv6(self) -> None:
+        if not IPV6:
+            raise self.skipTest("no IPv6 loopback")
+        await self.check_echo("::1", True)

@@ -490,14 +490,14 @@ class WriteTests(PortTestCase):
             spy.sendmsg_error = OSError(code, "refused")
             receiver = self.peer()
             sent = payloads(5, 1200, last=40)
-            port.write_batch([(d, receiver.getsockname()) for d in sent])
+            # Two runs (the short datagram ends the first): only the first tries GSO.
+            port.write_batch([(d, receiver.getsockname()) for d in sent + sent])
             self.assertFalse(port.gso)
-            self.assertEqual(self.receive(receiver, 5), sent)
+            self.assertEqual(self.receive(receiver, 10), sent + sent)
             port.write_batch([(d, receiver.getsockname()) for d in sent])
             self.assertEqual(self.receive(receiver, 5), sent)
-            self.assertEqual(spy.calls, {"sendmsg": 1, "sendto": 10})
+            self.assertEqual(spy.calls, {"sendmsg": 1, "sendto": 15})
             self.assertEqual(port.dropped, 0)
-            self.flushLoggedErrors()
 
     def test_other_send_errors_are_loss(self) -> None:
         port, spy = self.spied()

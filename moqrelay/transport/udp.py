@@ -255,16 +255,16 @@ class BatchUDPPort:
         if sock is None:
             self.dropped += len(datagrams)
             return
-        if not self.gso:
-            for datagram, addr in datagrams:
-                try:
-                    sock.sendto(datagram, addr)
-                except OSError as e:
-                    self._lost(1, e)
-            return
         count = len(datagrams)
         start = 0
         while start < count:
+            if not self.gso:  # never had it, or lost it on an earlier run
+                for datagram, addr in datagrams[start:]:
+                    try:
+                        sock.sendto(datagram, addr)
+                    except OSError as e:
+                        self._lost(1, e)
+                return
             first, addr = datagrams[start]
             segment = len(first)
             run = [first]

@@ -62,6 +62,7 @@ from moqrelay.transport.interfaces import (
     ITransportSession,
 )
 from moqrelay.transport.quic import QuicEndpoint, connect_quic
+from moqrelay.transport.udp import listen_udp
 from moqrelay.transport.websocket import client_tls_options
 from moqrelay.web import tls_context_factory
 
@@ -288,7 +289,7 @@ class _QuicFanOutSession:
 def quic_fanout_endpoint(
     reactor: IReactorTime, chains: list[CertificateChain], high_water: int = QUIC_HIGH_WATER
 ) -> tuple[QuicEndpoint, QuicFanOutHub]:
-    """The QUIC baseline's endpoint (to listen on with ``listenUDP``) and its hub, with the
+    """The QUIC baseline's endpoint (to listen on with ``listen_udp``) and its hub, with the
     relay's default endpoint settings (RelayService's idle timeout and queue bounds)."""
     hub = QuicFanOutHub(reactor, high_water)
     endpoint = QuicEndpoint(
@@ -308,12 +309,12 @@ def main() -> None:
     chain = generate_dev_chain()
     endpoint = SSL4ServerEndpoint(reactor, 0, tls_context_factory([chain]), interface="127.0.0.1")
     quic_endpoint = quic_fanout_endpoint(reactor, [chain])[0]
-    udp = reactor.listenUDP(0, quic_endpoint, interface="127.0.0.1", maxPacketSize=65535)
+    udp = listen_udp(reactor, 0, quic_endpoint, interface="127.0.0.1", max_packet_size=65535)
 
     def listening(port: IListeningPort) -> None:
         line = {
             "tcp": getattr(port.getHost(), "port", 0),
-            "udp": udp.getHost().port,
+            "udp": getattr(udp.getHost(), "port", 0),
             "pid": os.getpid(),
         }
         sys.stdout.write(json.dumps(line) + "\n")

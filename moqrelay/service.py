@@ -33,6 +33,7 @@ from moqrelay.tls import CertificateChain, CertificateError, load_chain
 from moqrelay.transport.connect import open_transport
 from moqrelay.transport.interfaces import HandlerFactory, ISessionHandler, ITransportSession
 from moqrelay.transport.quic import QuicEndpoint
+from moqrelay.transport.udp import listen_udp
 from moqrelay.transport.websocket import WebSocketTransportFactory
 from moqrelay.web import make_web_site, tls_context_factory
 from moqrelay.wire import control as c
@@ -102,8 +103,12 @@ class _QuicService(Service):
 
     def startService(self) -> None:
         super().startService()
-        self.port = self.reactor.listenUDP(
-            self.port_number, self.protocol, interface=self.host, maxPacketSize=65535
+        self.port = listen_udp(
+            self.reactor,
+            self.port_number,
+            self.protocol,
+            interface=self.host,
+            max_packet_size=65535,
         )
         _log.info("QUIC/WebTransport listening on UDP {a}", a=self.port.getHost())
         udp_socket = getattr(self.port, "socket", None)

@@ -40,7 +40,6 @@ from aioquic.quic.packet import (
 from aioquic.quic.retry import QuicRetryTokenHandler
 from cryptography.hazmat.primitives import serialization
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import MessageLengthError
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
@@ -54,6 +53,7 @@ from moqrelay.transport.interfaces import (
     IStreamReceiver,
     ITransportSession,
 )
+from moqrelay.transport.udp import BatchDatagramProtocol, listen_udp, write_datagrams
 
 _log = Logger()
 
@@ -568,7 +568,7 @@ class QuicEndpointConnection:
         return self._ping_uid
 
 
-class QuicEndpoint(DatagramProtocol):
+class QuicEndpoint(BatchDatagramProtocol):
     """One UDP port, many QUIC connections: server (when given chains and a handler factory)
     and/or client (`connect`)."""
 
@@ -725,10 +725,7 @@ class QuicEndpoint(DatagramProtocol):
         return connection
 
     def _send(self, datagram: bytes, addr: NetworkAddress) -> None:
-        try:
-            self.transport.write(datagram, addr)  # type: ignore[union-attr]
-        except (OSError, MessageLengthError) as e:
-            _log.debug("UDP send to {addr} failed, counted as loss: {error}", addr=addr, error=e)
+        write_datagrams(self.transport, [(datagram, addr)])
 
     def _register(self, connection: QuicEndpointConnection, cid: bytes) -> None:
         self._connections[cid] = connection
@@ -915,8 +912,8 @@ class QuicEndpoint(DatagramProtocol):
             return
         self._dirty.discard(connection)
         now = self.reactor.seconds()
-        for datagram, addr in connection.quic.datagrams_to_send(now=now):
-            self._send(datagram, addr)
+        # One batch per connection and flush: GSO sends a run of its packets in one syscall.
+        write_datagrams(self.transport, connection.quic.datagrams_to_send(now=now))
         if connection.drop_after_send is not None:
             self._drop(connection, *connection.drop_after_send)
             return
@@ -1059,7 +1056,7 @@ def connect_quic(
             idle_timeout=idle_timeout,
         )
         interface = "::" if ":" in address else "0.0.0.0"
-        udp_port = reactor.listenUDP(0, endpoint, interface=interface, maxPacketSize=65535)
+        udp_port = listen_udp(reactor, 0, endpoint, interface=interface, max_packet_size=65535)
         deferred = endpoint.connect(
             (address, port),
             handler_factory,

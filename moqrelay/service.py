@@ -30,7 +30,9 @@ from moqrelay.session import MoqtSession, SessionLimits
 from moqrelay.tls import CertificateChain, CertificateError, generate_dev_chain, load_chain
 from moqrelay.transport.interfaces import HandlerFactory, ISessionHandler, ITransportSession
 from moqrelay.transport.quic import QuicEndpoint
+from moqrelay.transport.quicstack import DEFAULT_STACK, load_quic_stack
 from moqrelay.transport.websocket import WebSocketTransportFactory
+from moqrelay.transport.webtransport import quic_applications
 from moqrelay.web import make_web_site, tls_context_factory
 from moqrelay.wire import control as c
 from moqrelay.wire.errors import SessionErrorCode
@@ -195,6 +197,7 @@ class RelayService(MultiService):
         announce_verify: bool = True,
         announce_fingerprint: str | None = None,
         udp_buffer: int = 4 << 20,
+        quic_stack: str = DEFAULT_STACK,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -237,6 +240,8 @@ class RelayService(MultiService):
             retry=quic_retry,
             high_water=config.max_queued_bytes,
             low_water=config.max_queued_bytes // 4,
+            applications=quic_applications(),
+            stack=load_quic_stack(quic_stack),
         )
         self.quic_service = _QuicService(reactor, host, port, self.quic, udp_buffer)
         self.quic_service.setServiceParent(self)
@@ -245,7 +250,12 @@ class RelayService(MultiService):
 
             def connector(url: str, factory: HandlerFactory) -> Deferred[ITransportSession]:
                 return open_transport(
-                    reactor, url, factory, verify=announce_verify, fingerprint=announce_fingerprint
+                    reactor,
+                    url,
+                    factory,
+                    verify=announce_verify,
+                    fingerprint=announce_fingerprint,
+                    quic_stack=quic_stack,
                 )
 
             self.upstream = UpstreamLink(reactor, self.relay, announce, connector, limits=limits)
@@ -293,6 +303,7 @@ class RelayService(MultiService):
             announce_verify=not options["announce-insecure"],
             announce_fingerprint=options["announce-fingerprint"],
             udp_buffer=options["udp-buffer"],
+            quic_stack=options["quic-stack"],
         )
         service.cert_paths = list(zip(options["tls-cert"], options["tls-key"], strict=True))
         return service

@@ -15,6 +15,7 @@ from twisted.python import usage
 
 from moqrelay.auth import Authorizer
 from moqrelay.tls import CertificateError, load_chain
+from moqrelay.transport.quicstack import DEFAULT_STACK, STACK_NAMES
 
 DEFAULT_BIND = "[::]:4443"
 DEV_BIND = "127.0.0.1:4443"
@@ -38,6 +39,12 @@ def parse_bind(value: str) -> tuple[str, int]:
     else:
         ipaddress.ip_address(host)
     return host, port
+
+
+def _quic_stack(name: str) -> str:
+    if name not in STACK_NAMES:
+        raise ValueError(f"--quic-stack must be one of {', '.join(STACK_NAMES)}")
+    return name
 
 
 def _positive(kind: type, name: str) -> Any:
@@ -152,6 +159,14 @@ class Options(usage.Options):
             "Receive and send buffer of the QUIC UDP socket, in bytes (the kernel caps it at "
             "net.core.rmem_max / wmem_max; a warning says so).",
             _positive(int, "udp-buffer"),
+        ],
+        [
+            "quic-stack",
+            None,
+            DEFAULT_STACK,
+            f"QUIC library under the adapter: {' or '.join(STACK_NAMES)} (qh3's packet core is "
+            "Rust; see README, QUIC stacks).",
+            _quic_stack,
         ],
         [
             "request-window",

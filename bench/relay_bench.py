@@ -92,6 +92,7 @@ from moqrelay.client.api import MoqtClient, ReceivedObject, TrackPublisher
 from moqrelay.client.connect import connect
 from moqrelay.client.tools import read_stamp, stamped_payload
 from moqrelay.session import SessionLimits
+from moqrelay.transport.quicstack import STACK_NAMES
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -1788,6 +1789,11 @@ def parser() -> argparse.ArgumentParser:
         "are sinks (bench/sinks.py) in a process of their own",
     )
     p.add_argument("--append-results", action="store_true", help="append to bench/RESULTS.md")
+    p.add_argument(
+        "--quic-stack",
+        choices=STACK_NAMES,
+        help="QUIC stack of the relay and of the harness's clients (MOQRELAY_QUIC_STACK)",
+    )
     return p
 
 
@@ -1886,6 +1892,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = parser()
     args = p.parse_args(argv)
+    if args.quic_stack:
+        os.environ["MOQRELAY_QUIC_STACK"] = args.quic_stack
     if args.profile:
         args.runs = 1
     atexit.register(Child.stop_all)

@@ -1260,11 +1260,14 @@ def parse_sub_bench(text: str) -> Figures:
     return figures
 
 
-def peer_once(python: str, which: str, seconds: float, workdir: Path) -> Figures:
-    """aiomoqt's pub_bench -> relay ``which`` ("ours" or "aiomoqt") -> sub_bench, over moqt://."""
+def peer_once(
+    python: str, which: str, seconds: float, workdir: Path, scheme: str = "moqt"
+) -> Figures:
+    """aiomoqt's pub_bench -> relay ``which`` ("ours" or "aiomoqt") -> sub_bench, over
+    ``scheme`` (moqt:// or https:// for WebTransport)."""
     if which == "ours":
         relay, target = start_relay()
-        url = f"moqt://127.0.0.1:{target.udp_port}/"
+        url = f"{scheme}://127.0.0.1:{target.udp_port}/"
     else:
         port = free_udp_port()
         argv = [python, "-P", "-m", "aiomoqt.tools.moq_interop_relay", "--bind", "127.0.0.1"]
@@ -1277,7 +1280,7 @@ def peer_once(python: str, which: str, seconds: float, workdir: Path) -> Figures
             relay.stop()
             raise
         target = Target(0, port, relay.process.pid)
-        url = f"moqt://127.0.0.1:{port}/"
+        url = f"{scheme}://127.0.0.1:{port}/"
     pub: Child | None = None
     try:
         common = ["-k", "--draft", "14", "-N", "bench/peer", "-T", "t1"]
@@ -1701,9 +1704,9 @@ async def teardown_section(
     return section
 
 
-def peer_section(seconds: float, runs: int) -> Section:
+def peer_section(seconds: float, runs: int, scheme: str = "moqt") -> Section:
     section = Section(
-        f"peer: aiomoqt pub_bench -> relay -> aiomoqt sub_bench, moqt://, "
+        f"peer: aiomoqt pub_bench -> relay -> aiomoqt sub_bench, {scheme}://, "
         f"{OBJECT_SIZE // 1024} KiB objects, {GROUP_SIZE} per group, as fast as possible, "
         f"{seconds:g} s",
         [
@@ -1733,7 +1736,7 @@ def peer_section(seconds: float, runs: int) -> Section:
         (workdir / "key.pem").write_bytes(chain.key_pem)
         for run in range(runs):
             order = ["ours", "aiomoqt"] if run % 2 == 0 else ["aiomoqt", "ours"]
-            got = {which: peer_once(python, which, seconds, workdir) for which in order}
+            got = {which: peer_once(python, which, seconds, workdir, scheme) for which in order}
             ours.runs.append(got["ours"])
             theirs.runs.append(got["aiomoqt"])
             ratio.runs.append(
@@ -1844,7 +1847,8 @@ async def run(reactor: Any, args: argparse.Namespace) -> tuple[list[Section], st
                 await teardown_section(reactor, chosen or ["ws"], args.viewers or 1000, args.runs)
             )
         else:
-            sections.append(await deferToThread(peer_section, args.seconds, args.runs))
+            scheme = SCHEMES["webtransport" if args.transport == "webtransport" else "quic"]
+            sections.append(await deferToThread(peer_section, args.seconds, args.runs, scheme))
     return sections, listing
 
 

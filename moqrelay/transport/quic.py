@@ -4,7 +4,7 @@
 (ALPN ``moq-00`` for raw MoQT, ``h3`` for WebTransport, see webtransport.py),
 as a client (`connect_quic`), or both. It routes datagrams by destination
 connection id, answers unknown versions with version negotiation, optionally
-validates addresses with Retry, keeps one timer per connection (aioquic's
+validates addresses with Retry, keeps one timer per connection (the stack's
 deadline and our keep-alive folded together) and batches every application
 write into one ``callLater(0)`` flush per reactor turn. The QUIC library under
 it (aioquic or qh3) is a `QuicStack` given to the endpoint, and the application

@@ -18,6 +18,7 @@ in HTTP/3 ``_get_local_settings``, ``_get_or_create_stream`` (with
 from __future__ import annotations
 
 import ssl
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,6 +64,8 @@ from qh3.quic.retry import QuicRetryTokenHandler
 from twisted.logger import Logger
 
 _log = Logger()
+# Connections whose packet builder has failed once: said once each, not on every poll.
+_builder_failed: weakref.WeakSet[Any] = weakref.WeakSet()
 
 H3DataReceived = h3_events.DataReceived
 H3DatagramReceived = h3_events.DatagramReceived
@@ -207,7 +210,9 @@ def datagrams_to_send(quic: Any, now: float) -> list[tuple[bytes, Any]]:
         try:
             transmit = core.poll_transmit(now)
         except RuntimeError as e:
-            _log.debug("qh3 stopped building packets: {error}", error=e)
+            if quic not in _builder_failed:
+                _builder_failed.add(quic)
+                _log.debug("qh3 stopped building packets: {error}", error=e)
             break
         if transmit is None:
             break

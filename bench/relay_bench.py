@@ -92,6 +92,7 @@ from moqrelay.client.api import MoqtClient, ReceivedObject, TrackPublisher
 from moqrelay.client.connect import connect
 from moqrelay.client.tools import read_stamp, stamped_payload
 from moqrelay.session import SessionLimits
+from moqrelay.transport.quicstack import STACK_NAMES
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -1259,11 +1260,14 @@ def parse_sub_bench(text: str) -> Figures:
     return figures
 
 
-def peer_once(python: str, which: str, seconds: float, workdir: Path) -> Figures:
-    """aiomoqt's pub_bench -> relay ``which`` ("ours" or "aiomoqt") -> sub_bench, over moqt://."""
+def peer_once(
+    python: str, which: str, seconds: float, workdir: Path, scheme: str = "moqt"
+) -> Figures:
+    """aiomoqt's pub_bench -> relay ``which`` ("ours" or "aiomoqt") -> sub_bench, over
+    ``scheme`` (moqt:// or https:// for WebTransport)."""
     if which == "ours":
         relay, target = start_relay()
-        url = f"moqt://127.0.0.1:{target.udp_port}/"
+        url = f"{scheme}://127.0.0.1:{target.udp_port}/"
     else:
         port = free_udp_port()
         argv = [python, "-P", "-m", "aiomoqt.tools.moq_interop_relay", "--bind", "127.0.0.1"]
@@ -1276,7 +1280,7 @@ def peer_once(python: str, which: str, seconds: float, workdir: Path) -> Figures
             relay.stop()
             raise
         target = Target(0, port, relay.process.pid)
-        url = f"moqt://127.0.0.1:{port}/"
+        url = f"{scheme}://127.0.0.1:{port}/"
     pub: Child | None = None
     try:
         common = ["-k", "--draft", "14", "-N", "bench/peer", "-T", "t1"]
@@ -1700,9 +1704,9 @@ async def teardown_section(
     return section
 
 
-def peer_section(seconds: float, runs: int) -> Section:
+def peer_section(seconds: float, runs: int, scheme: str = "moqt") -> Section:
     section = Section(
-        f"peer: aiomoqt pub_bench -> relay -> aiomoqt sub_bench, moqt://, "
+        f"peer: aiomoqt pub_bench -> relay -> aiomoqt sub_bench, {scheme}://, "
         f"{OBJECT_SIZE // 1024} KiB objects, {GROUP_SIZE} per group, as fast as possible, "
         f"{seconds:g} s",
         [
@@ -1732,7 +1736,7 @@ def peer_section(seconds: float, runs: int) -> Section:
         (workdir / "key.pem").write_bytes(chain.key_pem)
         for run in range(runs):
             order = ["ours", "aiomoqt"] if run % 2 == 0 else ["aiomoqt", "ours"]
-            got = {which: peer_once(python, which, seconds, workdir) for which in order}
+            got = {which: peer_once(python, which, seconds, workdir, scheme) for which in order}
             ours.runs.append(got["ours"])
             theirs.runs.append(got["aiomoqt"])
             ratio.runs.append(
@@ -1788,6 +1792,11 @@ def parser() -> argparse.ArgumentParser:
         "are sinks (bench/sinks.py) in a process of their own",
     )
     p.add_argument("--append-results", action="store_true", help="append to bench/RESULTS.md")
+    p.add_argument(
+        "--quic-stack",
+        choices=STACK_NAMES,
+        help="QUIC stack of the relay and of the harness's clients (MOQRELAY_QUIC_STACK)",
+    )
     return p
 
 
@@ -1838,7 +1847,8 @@ async def run(reactor: Any, args: argparse.Namespace) -> tuple[list[Section], st
                 await teardown_section(reactor, chosen or ["ws"], args.viewers or 1000, args.runs)
             )
         else:
-            sections.append(await deferToThread(peer_section, args.seconds, args.runs))
+            scheme = SCHEMES["webtransport" if args.transport == "webtransport" else "quic"]
+            sections.append(await deferToThread(peer_section, args.seconds, args.runs, scheme))
     return sections, listing
 
 
@@ -1886,6 +1896,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = parser()
     args = p.parse_args(argv)
+    if args.quic_stack:
+        os.environ["MOQRELAY_QUIC_STACK"] = args.quic_stack
     if args.profile:
         args.runs = 1
     atexit.register(Child.stop_all)

@@ -39,6 +39,7 @@ from moqrelay.relay.hub import Relay
 from moqrelay.service import RelayService, freeze_startup_objects
 from moqrelay.session import SessionLimits
 from moqrelay.tls import generate_dev_chain
+from moqrelay.transport.quicstack import DEFAULT_STACK
 
 _log = Logger()
 
@@ -113,6 +114,7 @@ def build_service(reactor: Any, max_streams: int, idle_timeout: float = 30.0) ->
         limits=SessionLimits(max_incoming_streams=max_streams),
         dev=True,
         idle_timeout=idle_timeout,
+        quic_stack=os.environ.get("MOQRELAY_QUIC_STACK", DEFAULT_STACK),
     )
 
 

@@ -33,8 +33,10 @@ from moqrelay.tls import CertificateChain, CertificateError, load_chain
 from moqrelay.transport.connect import open_transport
 from moqrelay.transport.interfaces import HandlerFactory, ISessionHandler, ITransportSession
 from moqrelay.transport.quic import QuicEndpoint
+from moqrelay.transport.quicstack import DEFAULT_STACK, load_quic_stack
 from moqrelay.transport.udp import listen_udp
 from moqrelay.transport.websocket import WebSocketTransportFactory
+from moqrelay.transport.webtransport import quic_applications
 from moqrelay.web import make_web_site, tls_context_factory
 from moqrelay.wire import control as c
 from moqrelay.wire.errors import SessionErrorCode
@@ -223,6 +225,7 @@ class RelayService(MultiService):
         cert_paths: list[tuple[str, str]] | None = None,
         stop_signals: bool = False,
         metrics: str | None = None,
+        quic_stack: str = DEFAULT_STACK,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -272,6 +275,8 @@ class RelayService(MultiService):
             retry=quic_retry,
             high_water=config.max_queued_bytes,
             low_water=config.max_queued_bytes // 4,
+            applications=quic_applications(),
+            stack=load_quic_stack(quic_stack),
         )
         self.quic_service = _QuicService(reactor, host, port, self.quic, udp_buffer)
         self.quic_service.setServiceParent(self)
@@ -280,7 +285,12 @@ class RelayService(MultiService):
 
             def connector(url: str, factory: HandlerFactory) -> Deferred[ITransportSession]:
                 return open_transport(
-                    reactor, url, factory, verify=announce_verify, fingerprint=announce_fingerprint
+                    reactor,
+                    url,
+                    factory,
+                    verify=announce_verify,
+                    fingerprint=announce_fingerprint,
+                    quic_stack=quic_stack,
                 )
 
             self.upstream = UpstreamLink(reactor, self.relay, announce, connector, limits=limits)

@@ -21,6 +21,7 @@ from moqrelay.relay.config import RelayConfig
 from moqrelay.session import SessionLimits
 from moqrelay.tls import CertificateError, generate_dev_chain, load_chain
 from moqrelay.transport.connect import SCHEMES
+from moqrelay.transport.quicstack import DEFAULT_STACK, STACK_NAMES
 
 _log = Logger()
 
@@ -45,6 +46,12 @@ def parse_bind(value: str) -> tuple[str, int]:
     else:
         ipaddress.ip_address(host)
     return host, port
+
+
+def _quic_stack(name: str) -> str:
+    if name not in STACK_NAMES:
+        raise ValueError(f"--quic-stack must be one of {', '.join(STACK_NAMES)}")
+    return name
 
 
 def _positive(kind: type, name: str) -> Any:
@@ -173,6 +180,14 @@ class Options(usage.Options):
             "Receive and send buffer of the QUIC UDP socket, in bytes (the kernel caps it at "
             "net.core.rmem_max / wmem_max; a warning says so).",
             _positive(int, "udp-buffer"),
+        ],
+        [
+            "quic-stack",
+            None,
+            DEFAULT_STACK,
+            f"QUIC library under the adapter: {' or '.join(STACK_NAMES)} (qh3's packet core is "
+            "Rust; see README, QUIC stacks).",
+            _quic_stack,
         ],
         [
             "request-window",
@@ -399,6 +414,7 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
         announce_verify=not options["announce-insecure"],
         announce_fingerprint=options["announce-fingerprint"],
         udp_buffer=options["udp-buffer"],
+        quic_stack=options["quic-stack"],
         cert_paths=list(zip(options["tls-cert"], options["tls-key"], strict=True)),
         stop_signals=stop_signals,
         metrics=options["metrics"],

@@ -23,6 +23,7 @@ from moqrelay.service import RelayService
 from moqrelay.session import SessionLimits
 from moqrelay.tls import generate_dev_chain
 from moqrelay.transport.quic import QuicEndpoint
+from moqrelay.transport.quicstack import DEFAULT_STACK
 from tests.helpers import Recorder
 
 NS = (b"live", b"demo")
@@ -46,6 +47,7 @@ class RelayFixture(TestCase):
     config = RelayConfig()
     handshake_timeout = 10.0
     idle_timeout = 30.0
+    quic_stack = DEFAULT_STACK
 
     async def start_relay(self, authorizer: Authorizer | None = None) -> None:
         self.service = await self.new_relay(authorizer=authorizer)
@@ -69,6 +71,7 @@ class RelayFixture(TestCase):
             handshake_timeout=self.handshake_timeout,
             idle_timeout=self.idle_timeout,
             authorizer=authorizer,
+            quic_stack=self.quic_stack,
         )
         if service.upstream is not None:
             service.upstream.initial_delay = service.upstream.delay = 0.05

@@ -31,7 +31,9 @@ from moqrelay.transport.interfaces import (
     ITransportSession,
 )
 from moqrelay.transport.quic import QuicEndpoint, QuicSessionBase, connect_quic
+from moqrelay.transport.quicstack import load_quic_stack
 from moqrelay.transport.websocket import WebSocketTransportFactory, connect_websocket
+from moqrelay.transport.webtransport import quic_applications
 from tests.helpers import settle
 from tests.test_quic import CHAIN, RealSocketTestCase, reactor, until
 from tests.test_websocket import Tracker, client_disconnected, listen, port_number
@@ -468,6 +470,7 @@ class _QuicContract(TransportContract):
     """Raw QUIC and WebTransport: one `QuicEndpoint` on 127.0.0.1 serves both."""
 
     scheme = ""
+    stack_name = "aioquic"
 
     def setUp(self) -> None:
         self.servers: list[ContractHandler] = []
@@ -483,6 +486,8 @@ class _QuicContract(TransportContract):
             handler_factory=server_factory,
             low_water=LOW_WATER,
             high_water=HIGH_WATER,
+            applications=quic_applications(),
+            stack=load_quic_stack(self.stack_name),
         )
         port: IListeningPort = reactor.listenUDP(0, self.endpoint, interface="127.0.0.1")
         self.addCleanup(self._stop_server, self.endpoint, port)
@@ -495,7 +500,14 @@ class _QuicContract(TransportContract):
             self.clients.append(ContractHandler(session))
             return self.clients[-1]
 
-        session = await connect_quic(reactor, self.url, client_factory, verify=False)
+        session = await connect_quic(
+            reactor,
+            self.url,
+            client_factory,
+            verify=False,
+            applications=quic_applications(),
+            stack=load_quic_stack(self.stack_name),
+        )
         assert isinstance(session, QuicSessionBase)
         self._clients.append(session._connection.endpoint)
         count = len(self.clients)
@@ -520,3 +532,11 @@ class RawQuicContractTests(_QuicContract, RealSocketTestCase):
 
 class WebTransportContractTests(_QuicContract, RealSocketTestCase):
     scheme = "https"
+
+
+class RawQuicQh3ContractTests(RawQuicContractTests):
+    stack_name = "qh3"
+
+
+class WebTransportQh3ContractTests(WebTransportContractTests):
+    stack_name = "qh3"

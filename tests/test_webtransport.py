@@ -1,4 +1,8 @@
-"""Tests for moqrelay.transport.webtransport: WebTransport over HTTP/3 on aioquic."""
+"""Tests for moqrelay.transport.webtransport: WebTransport over HTTP/3.
+
+Every test case runs on each QUIC stack: the classes here run on aioquic, and
+their ``...Qh3Tests`` subclasses at the end of the module run the same tests on qh3.
+"""
 
 # mypy: disallow-untyped-calls=False
 # (twisted.trial's assertion methods are not annotated.)
@@ -6,25 +10,25 @@
 from __future__ import annotations
 
 import gc
-import ssl
 import weakref
+from typing import Any
 
-from aioquic.h3.connection import H3Connection, Setting
-from aioquic.h3.events import H3Event, HeadersReceived
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import ProtocolNegotiated
 from twisted.trial.unittest import SynchronousTestCase
 
 from moqrelay.transport.quic import QuicConnectError, QuicSessionBase, connect_quic
+from moqrelay.transport.quicstack import QuicStack, load_quic_stack
 from moqrelay.transport.webtransport import (
+    BROWSER_SETTINGS,
     CLOSE_WEBTRANSPORT_SESSION,
+    SETTINGS_ENABLE_CONNECT_PROTOCOL,
+    SETTINGS_ENABLE_WEBTRANSPORT,
+    SETTINGS_H3_DATAGRAM,
     SETTINGS_WT_MAX_SESSIONS,
     WebTransportApplication,
-    WebTransportH3Connection,
     encode_close_capsule,
     http3_code_to_webtransport,
     pull_capsules,
+    quic_applications,
     webtransport_code_to_http3,
 )
 from tests.test_quic import (
@@ -77,18 +81,32 @@ class CodecTests(SynchronousTestCase):
         self.assertEqual(found, [(0xFF, b"abc"), (0x2843, bytes.fromhex("00000007") + b"done")])
         self.assertEqual(buffer, bytearray())
 
+
+class SettingsTests(SynchronousTestCase):
+    stack_name = "aioquic"
+
     def test_settings_for_browsers(self) -> None:
-        quic = QuicConnection(configuration=QuicConfiguration(is_client=True))
-        h3 = WebTransportH3Connection(quic)
+        stack = load_quic_stack(self.stack_name)
+        configuration = stack.client_configuration(
+            alpn_protocols=["h3"],
+            idle_timeout=30.0,
+            max_datagram_frame_size=65536,
+            connection_id_length=8,
+            server_name="localhost",
+            verify=False,
+        )
+        h3 = stack.h3_connection(stack.new_connection(configuration), BROWSER_SETTINGS)
         settings = h3.sent_settings
         assert settings is not None
         self.assertEqual(settings[SETTINGS_WT_MAX_SESSIONS], 1)
-        self.assertEqual(settings[Setting.ENABLE_WEBTRANSPORT], 1)
-        self.assertEqual(settings[Setting.H3_DATAGRAM], 1)
-        self.assertEqual(settings[Setting.ENABLE_CONNECT_PROTOCOL], 1)
+        self.assertEqual(settings[SETTINGS_ENABLE_WEBTRANSPORT], 1)
+        self.assertEqual(settings[SETTINGS_H3_DATAGRAM], 1)
+        self.assertEqual(settings[SETTINGS_ENABLE_CONNECT_PROTOCOL], 1)
 
 
 class WebTransportEndToEndTests(RealSocketTestCase):
+    applications = quic_applications()
+
     async def test_streams_both_ways(self) -> None:
         _server, factory, address = self.start_server()
         client = await self.connect(f"https://{address}/moq/room?token=1")
@@ -189,36 +207,50 @@ class WebTransportEndToEndTests(RealSocketTestCase):
         self.assertEqual(client.session.transport_name, "webtransport")
         with self.assertRaises(QuicConnectError):
             await connect_quic(
-                reactor, f"https://{address}/", HandlerFactory(), fingerprint="ab" * 32
+                reactor,
+                f"https://{address}/",
+                HandlerFactory(),
+                fingerprint="ab" * 32,
+                applications=self.applications,
+                stack=self.stack,
             )
 
     async def test_refused_connect(self) -> None:
-        def refuse(app: WebTransportApplication, event: HeadersReceived) -> None:
+        def refuse(app: WebTransportApplication, event: Any) -> None:
             app._answer(event.stream_id, b"403")
 
         self.patch(WebTransportApplication, "_request", refuse)
         _server, factory, address = self.start_server()
         with self.assertRaises(QuicConnectError) as caught:
-            await connect_quic(reactor, f"https://{address}/", HandlerFactory(), verify=False)
+            await connect_quic(
+                reactor,
+                f"https://{address}/",
+                HandlerFactory(),
+                verify=False,
+                applications=self.applications,
+                stack=self.stack,
+            )
         self.assertIn("403", str(caught.exception))
         self.assertEqual(factory.handlers, [])
 
 
 class RawH3Client:
-    """A plain aioquic HTTP/3 client wired to a MemoryLink's server endpoint."""
+    """A plain HTTP/3 client of the link's stack wired to a MemoryLink's server endpoint."""
 
     def __init__(self, link: MemoryLink) -> None:
         self.link = link
-        configuration = QuicConfiguration(
-            is_client=True,
+        self.stack: QuicStack = link.stack
+        configuration = self.stack.client_configuration(
             alpn_protocols=["h3"],
-            verify_mode=ssl.CERT_NONE,
-            server_name="localhost",
+            idle_timeout=30.0,
             max_datagram_frame_size=65536,
+            connection_id_length=8,
+            server_name="localhost",
+            verify=False,
         )
-        self.quic = QuicConnection(configuration=configuration)
-        self.h3: H3Connection | None = None
-        self.events: list[H3Event] = []
+        self.quic = self.stack.new_connection(configuration)
+        self.h3: Any = None
+        self.events: list[Any] = []
         self.quic.connect(link.server_udp.address, now=link.clock.seconds())
         self.pump()
 
@@ -238,23 +270,24 @@ class RawH3Client:
                 self.quic.receive_datagram(datagram, self.link.server_udp.address, now=now)
             event = self.quic.next_event()
             while event is not None:
-                if isinstance(event, ProtocolNegotiated):
-                    self.h3 = H3Connection(self.quic, enable_webtransport=True)
+                if isinstance(event, self.stack.ProtocolNegotiated):
+                    self.h3 = self.stack.h3_connection(self.quic, {})
                 if self.h3 is not None:
                     self.events += self.h3.handle_event(event)
                 event = self.quic.next_event()
 
     def request(self, headers: list[tuple[bytes, bytes]], end_stream: bool = False) -> int:
         assert self.h3 is not None
-        stream_id = self.quic.get_next_available_stream_id()
+        stream_id: int = self.quic.get_next_available_stream_id()
         self.h3.send_headers(stream_id, headers, end_stream=end_stream)
         self.pump()
         return stream_id
 
     def status(self, stream_id: int) -> bytes:
         for event in self.events:
-            if isinstance(event, HeadersReceived) and event.stream_id == stream_id:
-                return dict(event.headers)[b":status"]
+            if isinstance(event, self.stack.H3HeadersReceived) and event.stream_id == stream_id:
+                status: bytes = dict(event.headers)[b":status"]
+                return status
         return b""
 
 
@@ -271,8 +304,12 @@ def _connect_headers(protocol: bytes | None, path: bytes = b"/x") -> list[tuple[
 
 
 class ServerRequestTests(SynchronousTestCase):
+    stack_name = "aioquic"
+
     def setUp(self) -> None:
-        self.link = MemoryLink()
+        self.link = MemoryLink(
+            stack=load_quic_stack(self.stack_name), applications=quic_applications()
+        )
         self.addCleanup(self.assertEqual, self.link.clock.getDelayedCalls(), [])
         self.addCleanup(self.link.shutdown)
         self.client = RawH3Client(self.link)
@@ -331,8 +368,20 @@ class ServerRequestTests(SynchronousTestCase):
     def test_datagram_for_unknown_session_ignored(self) -> None:
         session_id = self.client.request(_connect_headers(b"webtransport"))
         assert self.client.h3 is not None
-        self.client.h3.send_datagram(session_id, b"for us")
-        self.client.h3.send_datagram(session_id + 4, b"not for us")
+        self.client.stack.h3_send_datagram(self.client.h3, session_id, b"for us")
+        self.client.stack.h3_send_datagram(self.client.h3, session_id + 4, b"not for us")
         self.client.pump()
         [handler] = self.link.factory.handlers
         self.assertEqual(handler.datagrams, [b"for us"])
+
+
+class SettingsQh3Tests(SettingsTests):
+    stack_name = "qh3"
+
+
+class WebTransportEndToEndQh3Tests(WebTransportEndToEndTests):
+    stack_name = "qh3"
+
+
+class ServerRequestQh3Tests(ServerRequestTests):
+    stack_name = "qh3"

@@ -4,11 +4,14 @@
 - ``https://host:port/path``: WebTransport over HTTP/3;
 - ``wss://`` / ``ws://``: the WebSocket "webtransport" polyfill.
 
-Both the relay (its --announce link) and the client tools use it.
+Both the relay (its --announce link) and the client tools use it. QUIC runs on
+the stack ``quic_stack`` names, else on the one the ``MOQRELAY_QUIC_STACK``
+environment variable names, else on the default one.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,6 +30,7 @@ def open_transport(
     verify: bool = True,
     fingerprint: str | None = None,
     timeout: float = 10.0,
+    quic_stack: str | None = None,
 ) -> Deferred[ITransportSession]:
     """A transport session to ``url``, over the transport its scheme names."""
     scheme = urlsplit(url).scheme
@@ -39,7 +43,17 @@ def open_transport(
             reactor, url, handler_factory, verify=verify, fingerprint=fingerprint, timeout=timeout
         )
     from moqrelay.transport.quic import connect_quic
+    from moqrelay.transport.quicstack import DEFAULT_STACK, load_quic_stack
+    from moqrelay.transport.webtransport import quic_applications
 
+    stack = quic_stack or os.environ.get("MOQRELAY_QUIC_STACK", DEFAULT_STACK)
     return connect_quic(
-        reactor, url, handler_factory, verify=verify, fingerprint=fingerprint, timeout=timeout
+        reactor,
+        url,
+        handler_factory,
+        verify=verify,
+        fingerprint=fingerprint,
+        timeout=timeout,
+        applications=quic_applications(),
+        stack=load_quic_stack(stack),
     )

@@ -1,12 +1,15 @@
-"""Transport layer: QUIC on a Twisted UDP port, driving aioquic's sans-IO `QuicConnection`.
+"""Transport layer: QUIC on a Twisted UDP port, driving a sans-IO `QuicConnection`.
 
 `QuicEndpoint` owns one UDP port and every QUIC connection on it, as a server
 (ALPN ``moq-00`` for raw MoQT, ``h3`` for WebTransport, see webtransport.py),
 as a client (`connect_quic`), or both. It routes datagrams by destination
 connection id, answers unknown versions with version negotiation, optionally
-validates addresses with Retry, keeps one timer per connection (aioquic's
+validates addresses with Retry, keeps one timer per connection (the stack's
 deadline and our keep-alive folded together) and batches every application
-write into one ``callLater(0)`` flush per reactor turn.
+write into one ``callLater(0)`` flush per reactor turn. The QUIC library under
+it (aioquic or qh3) is a `QuicStack` given to the endpoint, and the application
+for each ALPN comes from an injected map (`RawQuicSession` for ``moq-00``; the
+WebTransport one is added by whoever also wants ``h3``).
 
 `RawQuicSession` presents a raw QUIC connection as an `ITransportSession`;
 `QuicSessionBase` and `TransportStream` hold what it shares with the
@@ -19,26 +22,11 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
-import ssl
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
-from aioquic._buffer import Buffer
-from aioquic.quic import events as quic_events
-from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
-from aioquic.quic.connection import NetworkAddress, QuicConnection
-from aioquic.quic.packet import (
-    QuicErrorCode,
-    QuicFrameType,
-    QuicHeader,
-    QuicPacketType,
-    encode_quic_retry,
-    encode_quic_version_negotiation,
-    pull_quic_header,
-)
-from aioquic.quic.retry import QuicRetryTokenHandler
-from cryptography.hazmat.primitives import serialization
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
 from twisted.internet.protocol import DatagramProtocol
@@ -53,13 +41,23 @@ from moqrelay.transport.interfaces import (
     IStreamReceiver,
     ITransportSession,
 )
+from moqrelay.transport.quicstack import DEFAULT_STACK, QuicStack, load_quic_stack
 from moqrelay.transport.udp import BatchDatagramProtocol, listen_udp, write_datagrams
 
 _log = Logger()
 
 ALPN_MOQT = "moq-00"
 ALPN_H3 = "h3"
-SERVER_ALPNS = [ALPN_MOQT, ALPN_H3]
+
+NetworkAddress = Any
+# QUIC transport error codes and frame types (RFC 9000, 20.1 and 12.4).
+NO_ERROR = 0x0
+INTERNAL_ERROR = 0x1
+CRYPTO_ERROR = 0x100
+FRAME_PADDING = 0x00
+FRAME_CRYPTO = 0x06
+# A client's first datagram must be at least this long (RFC 9000, 14.1).
+SMALLEST_MAX_DATAGRAM_SIZE = 1200
 
 CONNECTION_ID_LENGTH = 8
 # Room for a short header (1 + 20-byte CID + 4-byte packet number), the AEAD tag (16)
@@ -68,7 +66,7 @@ _DATAGRAM_OVERHEAD = 64
 # Datagrams are dropped rather than queued without bound while congestion control holds them.
 _MAX_PENDING_DATAGRAMS = 256
 # The transport error a client closes with when the pinned fingerprint does not match.
-_BAD_CERTIFICATE = QuicErrorCode.CRYPTO_ERROR + 42  # TLS alert bad_certificate
+_BAD_CERTIFICATE = CRYPTO_ERROR + 42  # TLS alert bad_certificate
 
 
 class QuicConnectError(Exception):
@@ -119,8 +117,13 @@ class TransportStream:
         self.reset_done = not can_send  # RESET_STREAM sent (or nothing to reset)
         self.receive_ended = not can_receive  # peer FIN or RESET_STREAM seen
         self.stop_sent = False
-        # Offset just past the last byte handed to aioquic (prefix bytes included).
+        # Offset just past the last byte handed to the stack (prefix bytes included).
         self.end_offset = 0
+        # Not opened yet because the peer's MAX_STREAMS is reached (qh3 refuses where
+        # aioquic queues): the bytes to send once it opens, its FIN and its reset code.
+        self.blocked: bytearray | None = None
+        self.blocked_fin = False
+        self.blocked_reset: int | None = None
 
     def set_receiver(self, receiver: IStreamReceiver | None) -> None:
         self._receiver = receiver
@@ -185,6 +188,7 @@ class QuicSessionBase:
     ) -> None:
         self._connection = connection
         self._quic = connection.quic
+        self._stack = connection.endpoint.stack
         self._reactor = connection.endpoint.reactor
         self.is_client = connection.is_client
         self.path = path
@@ -195,6 +199,7 @@ class QuicSessionBase:
         self._handler: ISessionHandler | None = None
         self._streams: dict[int, TransportStream] = {}
         self._unsent: dict[int, TransportStream] = {}
+        self._blocked: deque[TransportStream] = deque()
         self._queued = 0
         self._paused = False
         self._waiters: list[Deferred[None]] = []
@@ -214,9 +219,12 @@ class QuicSessionBase:
     def send_datagram(self, data: bytes) -> None:
         if self.closed or len(data) > self._max_datagram_payload():
             return
-        if len(self._quic._datagrams_pending) >= _MAX_PENDING_DATAGRAMS:
+        if self._stack.pending_datagrams(self._quic) >= _MAX_PENDING_DATAGRAMS:
             return
-        self._send_datagram_frame(data)
+        try:
+            self._send_datagram_frame(data)
+        except self._stack.CONNECTION_ERRORS:
+            return
         self._connection.schedule_flush()
 
     def queued_bytes(self) -> int:
@@ -234,9 +242,12 @@ class QuicSessionBase:
 
     # -- hooks for subclasses ------------------------------------------------------------
 
-    def _new_stream_id(self, unidirectional: bool) -> tuple[int, int]:
-        """Create a local stream in aioquic: its id and the prefix length already queued."""
-        raise NotImplementedError
+    def _stream_prefix(self, unidirectional: bool) -> bytes:
+        """The bytes that open each stream we create (none on raw QUIC)."""
+        return b""
+
+    def _stream_opened_locally(self, stream_id: int, unidirectional: bool) -> None:
+        """A stream of ours now exists (WebTransport registers bidirectional ones)."""
 
     def _send_datagram_frame(self, data: bytes) -> None:
         raise NotImplementedError
@@ -263,16 +274,20 @@ class QuicSessionBase:
 
     def transmitted(self) -> None:
         """The connection was just flushed: recompute what is still queued."""
+        if self._blocked:
+            self._open_blocked()
         if not self._unsent:
             self._queued = 0
         else:
             total = 0
-            aioquic_streams = self._quic._streams
+            quic = self._quic
+            unsent_bytes = self._stack.unsent_bytes
             for stream_id, stream in list(self._unsent.items()):
-                quic_stream = aioquic_streams.get(stream_id)
                 left = 0
-                if quic_stream is not None and not stream.reset_done:
-                    left = stream.end_offset - quic_stream.sender.highest_offset
+                if stream.blocked is not None:
+                    left = len(stream.blocked)
+                elif not stream.reset_done:
+                    left = unsent_bytes(quic, stream_id, stream.end_offset)
                 if left > 0:
                     total += left
                 else:
@@ -299,6 +314,7 @@ class QuicSessionBase:
         self._close_call = self._wake_call = None
         self._streams = {}
         self._unsent = {}
+        self._blocked = deque()
         self._waiters = []
         self._queued = 0
         handler, self._handler = self._handler, None
@@ -356,21 +372,85 @@ class QuicSessionBase:
         if self.closed:
             # A stream that silently drops everything, as the interface asks after close.
             return TransportStream(self, -1, can_send=False, can_receive=False)
-        stream_id, prefix = self._new_stream_id(unidirectional)
+        quic = self._quic
+        prefix = self._stream_prefix(unidirectional)
+        last_blocked = self._last_blocked_id(unidirectional) if self._blocked else None
+        if last_blocked is None:
+            stream_id = quic.get_next_available_stream_id(is_unidirectional=unidirectional)
+        else:
+            # The stack has not seen the blocked ids yet: the next one is ours to count.
+            stream_id = last_blocked + 4
         stream = TransportStream(self, stream_id, can_send=True, can_receive=not unidirectional)
-        stream.end_offset = prefix
+        stream.end_offset = len(prefix)
         self._streams[stream_id] = stream
+        if last_blocked is not None:
+            self._block(stream, prefix)
+        else:
+            try:
+                quic.send_stream_data(stream_id, prefix)
+            except ValueError:
+                # qh3: past the peer's MAX_STREAMS. The id is taken; open it later.
+                self._block(stream, prefix)
+            except self._stack.CONNECTION_ERRORS:
+                stream.send_open = False
+                return stream
+            else:
+                self._stream_opened_locally(stream_id, unidirectional)
         if prefix:
             self._unsent[stream_id] = stream
-            self._queued += prefix
+            self._queued += len(prefix)
         self._connection.schedule_flush()
         return stream
+
+    def _last_blocked_id(self, unidirectional: bool) -> int | None:
+        for stream in reversed(self._blocked):
+            if bool(stream.stream_id & 2) == unidirectional:
+                return stream.stream_id
+        return None
+
+    def _block(self, stream: TransportStream, prefix: bytes) -> None:
+        stream.blocked = bytearray(prefix)
+        self._blocked.append(stream)
+
+    def _open_blocked(self) -> None:
+        """Open the streams MAX_STREAMS held back, in order, as far as credit allows."""
+        quic = self._quic
+        opened = False
+        while self._blocked:
+            stream = self._blocked[0]
+            data = b"" if stream.blocked is None else bytes(stream.blocked)
+            try:
+                quic.send_stream_data(stream.stream_id, data, end_stream=stream.blocked_fin)
+            except ValueError:
+                break
+            except self._stack.CONNECTION_ERRORS:
+                self._blocked.clear()
+                return
+            self._blocked.popleft()
+            stream.blocked = None
+            opened = True
+            self._stream_opened_locally(stream.stream_id, bool(stream.stream_id & 2))
+            if stream.blocked_reset is not None:
+                self._unsent.pop(stream.stream_id, None)
+                quic.reset_stream(stream.stream_id, self._wire_code(stream.blocked_reset))
+            elif data:
+                self._unsent[stream.stream_id] = stream
+        if opened:
+            self._connection.schedule_flush()
 
     def _write(self, stream: TransportStream, data: bytes, fin: bool) -> None:
         if self.closed:
             stream.send_open = False
             return
-        self._quic.send_stream_data(stream.stream_id, data, end_stream=fin)
+        if stream.blocked is not None:
+            stream.blocked += data
+            stream.blocked_fin = fin
+        else:
+            try:
+                self._quic.send_stream_data(stream.stream_id, data, end_stream=fin)
+            except self._stack.CONNECTION_ERRORS:
+                stream.send_open = False
+                return
         stream.end_offset += len(data)
         self._queued += len(data)
         self._unsent[stream.stream_id] = stream
@@ -380,10 +460,18 @@ class QuicSessionBase:
 
     def _reset(self, stream: TransportStream, code: int) -> None:
         self._unsent.pop(stream.stream_id, None)
-        if not self.closed:
-            self._quic.reset_stream(stream.stream_id, self._wire_code(code))
-            self._connection.schedule_flush()
-            self._forget_if_done(stream)
+        if self.closed:
+            return
+        if stream.blocked is not None:
+            stream.blocked = bytearray()
+            stream.blocked_reset = code
+        else:
+            try:
+                self._quic.reset_stream(stream.stream_id, self._wire_code(code))
+            except self._stack.CONNECTION_ERRORS:
+                return
+        self._connection.schedule_flush()
+        self._forget_if_done(stream)
 
     def _stop_sending(self, stream: TransportStream, code: int) -> None:
         if self.closed:
@@ -391,6 +479,8 @@ class QuicSessionBase:
         try:
             self._quic.stop_stream(stream.stream_id, self._wire_code(code))
         except ValueError:
+            return
+        except self._stack.CONNECTION_ERRORS:
             return
         self._connection.schedule_flush()
 
@@ -400,10 +490,10 @@ class QuicSessionBase:
             self._stream_forgotten(stream.stream_id)
 
     def _max_datagram_payload(self) -> int:
-        remote = self._quic._remote_max_datagram_frame_size
+        remote = self._stack.remote_max_datagram_frame_size(self._quic)
         if remote is None:
             return 0
-        local = self._quic._max_datagram_size - _DATAGRAM_OVERHEAD
+        local = self._stack.max_datagram_size(self._quic) - _DATAGRAM_OVERHEAD
         return min(remote - 4, local) - self._datagram_overhead()
 
     def _wake(self) -> None:
@@ -426,7 +516,7 @@ class RawQuicSession(QuicSessionBase):
 
     @property
     def supports_datagrams(self) -> bool:
-        return self._quic._remote_max_datagram_frame_size is not None
+        return self._stack.remote_max_datagram_frame_size(self._quic) is not None
 
     def close(self, code: int, reason: str) -> None:
         if self.closed:
@@ -434,24 +524,20 @@ class RawQuicSession(QuicSessionBase):
         self._quic.close(error_code=code, reason_phrase=reason)
         self._close_locally(code, reason)
 
-    def _new_stream_id(self, unidirectional: bool) -> tuple[int, int]:
-        stream_id = self._quic.get_next_available_stream_id(is_unidirectional=unidirectional)
-        self._quic.send_stream_data(stream_id, b"")
-        return stream_id, 0
-
     def _send_datagram_frame(self, data: bytes) -> None:
         self._quic.send_datagram_frame(data)
 
     # -- the application protocol for QuicEndpointConnection ------------------------------
 
-    def quic_event(self, event: quic_events.QuicEvent) -> None:
-        if isinstance(event, quic_events.StreamDataReceived):
+    def quic_event(self, event: Any) -> None:
+        stack = self._stack
+        if isinstance(event, stack.StreamDataReceived):
             self.on_stream_data(event.stream_id, event.data, event.end_stream)
-        elif isinstance(event, quic_events.DatagramFrameReceived):
+        elif isinstance(event, stack.DatagramFrameReceived):
             self.on_datagram(event.data)
-        elif isinstance(event, quic_events.StreamReset):
+        elif isinstance(event, stack.StreamReset):
             self.on_stream_reset(event.stream_id, event.error_code)
-        elif isinstance(event, quic_events.StopSendingReceived):
+        elif isinstance(event, stack.StopSendingReceived):
             self.on_stop_sending(event.stream_id, event.error_code)
 
     def handshake_completed(self) -> None:
@@ -461,7 +547,7 @@ class RawQuicSession(QuicSessionBase):
 class Application(Protocol):
     """What a `QuicEndpointConnection` drives once ALPN is known (raw MoQT or HTTP/3)."""
 
-    def quic_event(self, event: quic_events.QuicEvent) -> None: ...
+    def quic_event(self, event: Any) -> None: ...
 
     def handshake_completed(self) -> None: ...
 
@@ -514,7 +600,7 @@ class QuicEndpointConnection:
     def __init__(
         self,
         endpoint: QuicEndpoint,
-        quic: QuicConnection,
+        quic: Any,
         addr: NetworkAddress,
         *,
         handler_factory: HandlerFactory | None,
@@ -523,7 +609,7 @@ class QuicEndpointConnection:
         self.endpoint = endpoint
         self.quic = quic
         self.addr = addr
-        self.is_client = quic.configuration.is_client
+        self.is_client: bool = quic.configuration.is_client
         self.handler_factory = handler_factory
         self.attempt = attempt
         self.app: Application | None = None
@@ -557,8 +643,8 @@ class QuicEndpointConnection:
         self.schedule_flush()
 
     def keepalive_interval(self) -> float:
-        idle = self.quic.configuration.idle_timeout
-        remote = self.quic._remote_max_idle_timeout
+        idle: float = self.quic.configuration.idle_timeout
+        remote = self.endpoint.stack.remote_idle_timeout(self.quic)
         if remote:
             idle = min(idle, remote)
         return idle / 3
@@ -568,9 +654,27 @@ class QuicEndpointConnection:
         return self._ping_uid
 
 
+class ApplicationFactory(Protocol):
+    """Builds the application for a connection once its ALPN is known."""
+
+    def __call__(
+        self,
+        connection: QuicEndpointConnection,
+        *,
+        path: str,
+        authority: str,
+        low_water: int,
+        high_water: int,
+    ) -> Application: ...
+
+
 class QuicEndpoint(BatchDatagramProtocol):
     """One UDP port, many QUIC connections: server (when given chains and a handler factory)
-    and/or client (`connect`)."""
+    and/or client (`connect`).
+
+    ``applications`` maps each ALPN the endpoint speaks to the factory of its
+    application (raw MoQT only by default); a server offers them in that order.
+    ``stack`` is the QUIC library under the adapter (the default stack when None)."""
 
     def __init__(
         self,
@@ -583,15 +687,21 @@ class QuicEndpoint(BatchDatagramProtocol):
         max_datagram_frame_size: int = 65536,
         low_water: int = 64 * 1024,
         high_water: int = 1024 * 1024,
+        applications: Mapping[str, ApplicationFactory] | None = None,
+        stack: QuicStack | None = None,
     ) -> None:
         self.reactor = reactor
+        self.stack = stack if stack is not None else load_quic_stack(DEFAULT_STACK)
+        self._applications: dict[str, ApplicationFactory] = dict(
+            applications if applications is not None else {ALPN_MOQT: RawQuicSession}
+        )
         self._handler_factory = handler_factory
         self.idle_timeout = idle_timeout
         self.max_datagram_frame_size = max_datagram_frame_size
         self.low_water = low_water
         self.high_water = high_water
-        self._retry = QuicRetryTokenHandler() if retry else None
-        self._server_configuration: QuicConfiguration | None = None
+        self._retry = self.stack.retry_tokens() if retry else None
+        self._server_configuration: Any = None
         if chains and handler_factory is not None:
             self._server_configuration = self._make_server_configuration(chains[0])
         self._connections: dict[bytes, QuicEndpointConnection] = {}
@@ -599,7 +709,7 @@ class QuicEndpoint(BatchDatagramProtocol):
         self._dirty: set[QuicEndpointConnection] = set()
         self._flush_call: IDelayedCall | None = None
         self._port_to_close: IListeningPort | None = None
-        self._supported_versions = QuicConfiguration().supported_versions
+        self._supported_versions = self.stack.supported_versions()
         self._accepting = True
 
     def refuse_new_connections(self) -> None:
@@ -617,41 +727,33 @@ class QuicEndpoint(BatchDatagramProtocol):
         if self._server_configuration is not None and chains:
             self._server_configuration = self._make_server_configuration(chains[0])
 
-    def _make_server_configuration(self, chain: CertificateChain) -> QuicConfiguration:
-        certificates = chain.certificates()
-        configuration = QuicConfiguration(
-            is_client=False,
-            alpn_protocols=list(SERVER_ALPNS),
+    def _make_server_configuration(self, chain: CertificateChain) -> Any:
+        return self.stack.server_configuration(
+            chain.cert_pem,
+            chain.key_pem,
+            alpn_protocols=list(self._applications),
             idle_timeout=self.idle_timeout,
             max_datagram_frame_size=self.max_datagram_frame_size,
             connection_id_length=CONNECTION_ID_LENGTH,
         )
-        configuration.certificate = certificates[0]
-        configuration.certificate_chain = certificates[1:]
-        configuration.private_key = serialization.load_pem_private_key(
-            chain.key_pem, password=None
-        )
-        return configuration
 
     # -- UDP side ------------------------------------------------------------------------
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        buf = Buffer(data=datagram)
+        stack = self.stack
         try:
-            header = pull_quic_header(buf, host_cid_length=CONNECTION_ID_LENGTH)
+            header = stack.pull_header(datagram, CONNECTION_ID_LENGTH)
         except ValueError:
             return
         if (
-            header.packet_type != QuicPacketType.VERSION_NEGOTIATION
+            header.packet_type != stack.PACKET_VERSION_NEGOTIATION
             and header.version is not None
             and header.version not in self._supported_versions
         ):
             if self._server_configuration is not None:
                 self._send(
-                    encode_quic_version_negotiation(
-                        source_cid=header.destination_cid,
-                        destination_cid=header.source_cid,
-                        supported_versions=self._supported_versions,
+                    stack.encode_version_negotiation(
+                        header.destination_cid, header.source_cid, self._supported_versions
                     ),
                     addr,
                 )
@@ -661,7 +763,7 @@ class QuicEndpoint(BatchDatagramProtocol):
             if (
                 self._server_configuration is None
                 or not self._accepting
-                or header.packet_type != QuicPacketType.INITIAL
+                or header.packet_type != stack.PACKET_INITIAL
                 or len(datagram) < SMALLEST_MAX_DATAGRAM_SIZE
             ):
                 return
@@ -670,7 +772,10 @@ class QuicEndpoint(BatchDatagramProtocol):
                 return
         now = self.reactor.seconds()
         connection.last_received = now
-        connection.quic.receive_datagram(datagram, addr, now=now)
+        try:
+            connection.quic.receive_datagram(datagram, addr, now=now)
+        except stack.CONNECTION_ERRORS as e:
+            _log.debug("QUIC packet from {addr} dropped: {error}", addr=addr, error=e)
         self._process_events(connection)
         # One transmit per connection per reactor turn, however many datagrams the
         # turn read: datagrams_to_send walks every stream, so once per datagram
@@ -678,7 +783,7 @@ class QuicEndpoint(BatchDatagramProtocol):
         self.schedule_flush(connection)
 
     def _accept(
-        self, dcid: bytes, header: QuicHeader, addr: NetworkAddress
+        self, dcid: bytes, header: Any, addr: NetworkAddress
     ) -> QuicEndpointConnection | None:
         assert self._server_configuration is not None
         original_dcid: bytes | None = dcid
@@ -687,32 +792,21 @@ class QuicEndpoint(BatchDatagramProtocol):
             now = self.reactor.seconds()
             if not header.token and header.version is not None:
                 retry_scid = _random_cid()
-                token = self._retry.create_token(
-                    address=addr,
-                    original_destination_connection_id=dcid,
-                    retry_source_connection_id=retry_scid,
-                    now=now,
-                )
+                token = self._retry.create(addr, dcid, retry_scid, now)
                 self._send(
-                    encode_quic_retry(
-                        version=header.version,
-                        source_cid=retry_scid,
-                        destination_cid=header.source_cid,
-                        original_destination_cid=dcid,
-                        retry_token=token,
+                    self.stack.encode_retry(
+                        header.version, retry_scid, header.source_cid, dcid, token
                     ),
                     addr,
                 )
                 return None
             try:
-                original_dcid = self._retry.validate_token(
-                    address=addr, destination_cid=dcid, token=header.token, now=now
-                )
+                original_dcid = self._retry.validate(addr, dcid, header.token, now)
             except ValueError:
                 return None
             retry_scid = dcid
-        quic = QuicConnection(
-            configuration=self._server_configuration,
+        quic = self.stack.new_connection(
+            self._server_configuration,
             original_destination_connection_id=original_dcid,
             retry_source_connection_id=retry_scid,
         )
@@ -747,16 +841,17 @@ class QuicEndpoint(BatchDatagramProtocol):
         timeout: float = 10.0,
     ) -> Deferred[ITransportSession]:
         """Open a client connection; fires with the session once it can carry MoQT."""
-        configuration = QuicConfiguration(
-            is_client=True,
-            alpn_protocols=[ALPN_H3 if webtransport else ALPN_MOQT],
+        alpn = ALPN_H3 if webtransport else ALPN_MOQT
+        if alpn not in self._applications:
+            return fail(QuicConnectError(f"this endpoint has no application for ALPN {alpn}"))
+        configuration = self.stack.client_configuration(
+            alpn_protocols=[alpn],
             idle_timeout=self.idle_timeout,
             max_datagram_frame_size=self.max_datagram_frame_size,
             connection_id_length=CONNECTION_ID_LENGTH,
             server_name=server_name,
+            verify=verify and fingerprint is None,
         )
-        if not verify or fingerprint is not None:
-            configuration.verify_mode = ssl.CERT_NONE
         attempt = _ClientAttempt(
             handler_factory,
             webtransport=webtransport,
@@ -766,7 +861,7 @@ class QuicEndpoint(BatchDatagramProtocol):
         )
         deferred = attempt.deferred
         assert deferred is not None
-        quic = QuicConnection(configuration=configuration)
+        quic = self.stack.new_connection(configuration)
         connection = QuicEndpointConnection(
             self, quic, addr, handler_factory=None, attempt=attempt
         )
@@ -791,23 +886,24 @@ class QuicEndpoint(BatchDatagramProtocol):
                 QuicConnectError(f"timed out connecting to {format_address(connection.addr)}")
             )
             connection.attempt = None
-        connection.quic.close(error_code=QuicErrorCode.NO_ERROR, reason_phrase="timeout")
+        connection.quic.close(error_code=NO_ERROR, reason_phrase="timeout")
         self._transmit(connection)
-        self._drop(connection, QuicErrorCode.NO_ERROR, "connect timeout")
+        self._drop(connection, NO_ERROR, "connect timeout")
 
     # -- events --------------------------------------------------------------------------
 
     def _process_events(self, connection: QuicEndpointConnection) -> None:
         quic = connection.quic
+        stack = self.stack
         event = quic.next_event()
         while event is not None and not connection.terminated:
-            if isinstance(event, quic_events.ConnectionIdIssued):
+            if isinstance(event, stack.ConnectionIdIssued):
                 self._register(connection, event.connection_id)
-            elif isinstance(event, quic_events.ConnectionIdRetired):
+            elif isinstance(event, stack.ConnectionIdRetired):
                 connection.cids.discard(event.connection_id)
                 if self._connections.get(event.connection_id) is connection:
                     del self._connections[event.connection_id]
-            elif isinstance(event, quic_events.ConnectionTerminated):
+            elif isinstance(event, stack.ConnectionTerminated):
                 self._drop(connection, event.error_code, event.reason_phrase)
             else:
                 try:
@@ -815,19 +911,17 @@ class QuicEndpoint(BatchDatagramProtocol):
                 except Exception:
                     _log.failure("error handling a QUIC event from {peer}", peer=connection.addr)
                     quic.close(
-                        error_code=QuicErrorCode.INTERNAL_ERROR,
-                        frame_type=QuicFrameType.PADDING,
+                        error_code=INTERNAL_ERROR,
+                        frame_type=FRAME_PADDING,
                         reason_phrase="internal error",
                     )
-                    self._fail_session(connection, QuicErrorCode.INTERNAL_ERROR, "internal error")
+                    self._fail_session(connection, INTERNAL_ERROR, "internal error")
             event = quic.next_event()
 
-    def _application_event(
-        self, connection: QuicEndpointConnection, event: quic_events.QuicEvent
-    ) -> None:
-        if isinstance(event, quic_events.ProtocolNegotiated):
+    def _application_event(self, connection: QuicEndpointConnection, event: Any) -> None:
+        if isinstance(event, self.stack.ProtocolNegotiated):
             connection.app = self._make_application(connection, event.alpn_protocol)
-        elif isinstance(event, quic_events.HandshakeCompleted):
+        elif isinstance(event, self.stack.HandshakeCompleted):
             connection.ping_due = self.reactor.seconds() + connection.keepalive_interval()
             if connection.attempt is not None and not self._check_fingerprint(connection):
                 return
@@ -839,38 +933,24 @@ class QuicEndpoint(BatchDatagramProtocol):
     def _make_application(
         self, connection: QuicEndpointConnection, alpn: str | None
     ) -> Application | None:
+        factory = None if alpn is None else self._applications.get(alpn)
+        if factory is None:
+            return None
         attempt = connection.attempt
-        path = attempt.path if attempt is not None else ""
-        authority = attempt.authority if attempt is not None else ""
-        if alpn == ALPN_MOQT:
-            return RawQuicSession(
-                connection,
-                path=path,
-                authority=authority,
-                low_water=self.low_water,
-                high_water=self.high_water,
-            )
-        if alpn == ALPN_H3:
-            from moqrelay.transport.webtransport import WebTransportApplication
-
-            return WebTransportApplication(
-                connection,
-                path=path,
-                authority=authority,
-                low_water=self.low_water,
-                high_water=self.high_water,
-            )
-        return None
+        return factory(
+            connection,
+            path=attempt.path if attempt is not None else "",
+            authority=attempt.authority if attempt is not None else "",
+            low_water=self.low_water,
+            high_water=self.high_water,
+        )
 
     def _check_fingerprint(self, connection: QuicEndpointConnection) -> bool:
         attempt = connection.attempt
         if attempt is None or attempt.fingerprint is None:
             return True
-        certificate = connection.quic.tls._peer_certificate
-        actual = ""
-        if certificate is not None:
-            der = certificate.public_bytes(serialization.Encoding.DER)
-            actual = hashlib.sha256(der).hexdigest()
+        der = self.stack.peer_certificate_der(connection.quic)
+        actual = "" if der is None else hashlib.sha256(der).hexdigest()
         if actual == attempt.fingerprint:
             return True
         attempt.fail(
@@ -880,7 +960,7 @@ class QuicEndpoint(BatchDatagramProtocol):
         )
         connection.attempt = None
         connection.abandon(
-            _BAD_CERTIFICATE, "certificate fingerprint mismatch", frame_type=QuicFrameType.CRYPTO
+            _BAD_CERTIFICATE, "certificate fingerprint mismatch", frame_type=FRAME_CRYPTO
         )
         return False
 
@@ -913,7 +993,7 @@ class QuicEndpoint(BatchDatagramProtocol):
         self._dirty.discard(connection)
         now = self.reactor.seconds()
         # One batch per connection and flush: GSO sends a run of its packets in one syscall.
-        write_datagrams(self.transport, connection.quic.datagrams_to_send(now=now))
+        write_datagrams(self.transport, self.stack.datagrams_to_send(connection.quic, now))
         if connection.drop_after_send is not None:
             self._drop(connection, *connection.drop_after_send)
             return
@@ -948,11 +1028,17 @@ class QuicEndpoint(BatchDatagramProtocol):
             interval = connection.keepalive_interval()
             quiet_until = connection.last_received + interval
             if now >= quiet_until:
-                connection.quic.send_ping(connection.next_ping())
+                try:
+                    connection.quic.send_ping(connection.next_ping())
+                except self.stack.CONNECTION_ERRORS:
+                    pass
                 connection.ping_due = now + interval
             else:
                 connection.ping_due = quiet_until
-        connection.quic.handle_timer(now=now)
+        try:
+            connection.quic.handle_timer(now=now)
+        except self.stack.CONNECTION_ERRORS as e:
+            _log.debug("QUIC timer of {peer} failed: {error}", peer=connection.addr, error=e)
         self._process_events(connection)
         self._transmit(connection)
 
@@ -998,7 +1084,7 @@ class QuicEndpoint(BatchDatagramProtocol):
 
     def stopProtocol(self) -> None:
         for connection in list(self._live):
-            self._drop(connection, QuicErrorCode.NO_ERROR, "endpoint stopped")
+            self._drop(connection, NO_ERROR, "endpoint stopped")
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
@@ -1035,9 +1121,12 @@ def connect_quic(
     fingerprint: str | None = None,
     timeout: float = 10.0,
     idle_timeout: float = 30.0,
+    applications: Mapping[str, ApplicationFactory] | None = None,
+    stack: QuicStack | None = None,
 ) -> Deferred[ITransportSession]:
     """Connect to ``moqt://host:port/path`` (raw QUIC) or ``https://host:port/path``
-    (WebTransport) from a fresh ephemeral UDP port, closed when the session ends."""
+    (WebTransport, when ``applications`` has one for ``h3``) from a fresh ephemeral UDP
+    port, closed when the session ends."""
     try:
         webtransport, host, port, path, authority = _parse_url(url)
     except ValueError as e:
@@ -1054,6 +1143,8 @@ def connect_quic(
             chains=None,
             handler_factory=None,
             idle_timeout=idle_timeout,
+            applications=applications,
+            stack=stack,
         )
         interface = "::" if ":" in address else "0.0.0.0"
         udp_port = listen_udp(reactor, 0, endpoint, interface=interface, max_packet_size=65535)

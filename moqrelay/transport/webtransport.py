@@ -1,10 +1,11 @@
-"""Transport layer: WebTransport over HTTP/3 (ALPN h3) on aioquic, as an `ITransportSession`.
+"""Transport layer: WebTransport over HTTP/3 (ALPN h3), as an `ITransportSession`.
 
-`WebTransportH3Connection` is aioquic's `H3Connection` with the settings that
-browsers need (draft-02 ENABLE_WEBTRANSPORT, SETTINGS_WT_MAX_SESSIONS,
-H3_DATAGRAM) and with locally opened bidirectional streams registered, so the
-peer's answers on them come back as WebTransport data instead of being parsed
-as HTTP/3 frames.
+The HTTP/3 connection is the QUIC stack's own ``H3Connection`` (aioquic or qh3,
+through `moqrelay.compat`) announcing the settings that browsers need
+(`BROWSER_SETTINGS`: extended CONNECT, draft-02 ENABLE_WEBTRANSPORT,
+SETTINGS_WT_MAX_SESSIONS, H3_DATAGRAM), with locally opened bidirectional
+streams registered so the peer's answers on them come back as WebTransport data
+instead of being parsed as HTTP/3 frames.
 
 `WebTransportApplication` drives one HTTP/3 connection for `QuicEndpoint`: a
 server accepts one extended CONNECT with ``:protocol webtransport`` on any path
@@ -12,34 +13,50 @@ server accepts one extended CONNECT with ``:protocol webtransport`` on any path
 sends that CONNECT after the handshake. The accepted session is a
 `WebTransportSession`: WebTransport streams, HTTP datagrams, stream error codes
 mapped into the HTTP/3 range, and the CLOSE_WEBTRANSPORT_SESSION capsule.
+`quic_applications` is the ALPN map a `QuicEndpoint` needs to speak both raw
+MoQT and WebTransport; this module imports quic.py, never the other way.
 """
 
 from __future__ import annotations
 
 import struct
+from typing import Any
 
-from aioquic._buffer import Buffer, BufferReadError
-from aioquic.buffer import encode_uint_var
-from aioquic.h3.connection import ErrorCode, FrameType, H3Connection, Setting
-from aioquic.h3.events import (
-    DatagramReceived,
-    DataReceived,
-    H3Event,
-    HeadersReceived,
-    WebTransportStreamDataReceived,
-)
-from aioquic.quic import events as quic_events
-from aioquic.quic.connection import QuicConnection
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from moqrelay.transport.interfaces import ITransportSession
-from moqrelay.transport.quic import QuicConnectError, QuicEndpointConnection, QuicSessionBase
+from moqrelay.transport.quic import (
+    ALPN_H3,
+    ALPN_MOQT,
+    ApplicationFactory,
+    QuicConnectError,
+    QuicEndpointConnection,
+    QuicSessionBase,
+    RawQuicSession,
+)
+from moqrelay.wire.varint import NeedMoreData, Reader, encode_varint
 
 _log = Logger()
 
+SETTINGS_ENABLE_CONNECT_PROTOCOL = 0x8
+SETTINGS_H3_DATAGRAM = 0x33
+SETTINGS_ENABLE_WEBTRANSPORT = 0x2B603742  # draft-02
 SETTINGS_WT_MAX_SESSIONS = 0x14E9CD29
+# Added to the stack's own HTTP/3 settings. qh3 does not send ENABLE_CONNECT_PROTOCOL
+# by itself, and Chromium refuses WebTransport without it.
+BROWSER_SETTINGS = {
+    SETTINGS_ENABLE_CONNECT_PROTOCOL: 1,
+    SETTINGS_H3_DATAGRAM: 1,
+    SETTINGS_ENABLE_WEBTRANSPORT: 1,
+    SETTINGS_WT_MAX_SESSIONS: 1,
+}
+H3_NO_ERROR = 0x100
+# The first bytes of a WebTransport stream: WEBTRANSPORT_STREAM (bidirectional) or
+# the WebTransport stream type (unidirectional), then the session id.
+_WT_BIDI_SIGNAL = 0x41
+_WT_UNI_STREAM_TYPE = 0x54
 CLOSE_WEBTRANSPORT_SESSION = 0x2843
 MAX_CLOSE_REASON = 1024
 # Capsules other than CLOSE are skipped; one bigger than this ends the session.
@@ -69,20 +86,20 @@ def http3_code_to_webtransport(wire_code: int) -> int | None:
 def encode_close_capsule(code: int, reason: str) -> bytes:
     """CLOSE_WEBTRANSPORT_SESSION: u32 code and a UTF-8 reason (cut to 1024 bytes)."""
     body = struct.pack("!I", code & 0xFFFFFFFF) + reason.encode()[:MAX_CLOSE_REASON]
-    return encode_uint_var(CLOSE_WEBTRANSPORT_SESSION) + encode_uint_var(len(body)) + body
+    return encode_varint(CLOSE_WEBTRANSPORT_SESSION) + encode_varint(len(body)) + body
 
 
 def pull_capsules(buffer: bytearray) -> list[tuple[int, bytes]]:
     """Remove every complete capsule from ``buffer``: a list of (type, value)."""
     capsules: list[tuple[int, bytes]] = []
     while buffer:
-        reader = Buffer(data=bytes(buffer[:16]))
+        reader = Reader(bytes(buffer[:16]))
         try:
-            capsule_type = reader.pull_uint_var()
-            length = reader.pull_uint_var()
-        except BufferReadError:
+            capsule_type = reader.varint()
+            length = reader.varint()
+        except NeedMoreData:
             break
-        start = reader.tell()
+        start = reader.pos
         if len(buffer) < start + length:
             break
         capsules.append((capsule_type, bytes(buffer[start : start + length])))
@@ -95,45 +112,6 @@ def _parse_close_capsule(value: bytes) -> tuple[int, str]:
         return 0, ""
     (code,) = struct.unpack("!I", value[:4])
     return code, value[4:].decode(errors="replace")
-
-
-class WebTransportH3Connection(H3Connection):
-    """aioquic's HTTP/3 connection with the WebTransport settings browsers look for."""
-
-    def __init__(self, quic: QuicConnection) -> None:
-        super().__init__(quic, enable_webtransport=True)
-
-    def _get_local_settings(self) -> dict[int, int]:
-        settings = super()._get_local_settings()
-        settings[Setting.ENABLE_CONNECT_PROTOCOL] = 1
-        settings[Setting.H3_DATAGRAM] = 1
-        settings[Setting.ENABLE_WEBTRANSPORT] = 1
-        settings[SETTINGS_WT_MAX_SESSIONS] = 1
-        return settings
-
-    def create_webtransport_stream(self, session_id: int, is_unidirectional: bool = False) -> int:
-        stream_id = super().create_webtransport_stream(
-            session_id, is_unidirectional=is_unidirectional
-        )
-        if not is_unidirectional:
-            # The peer answers without a WEBTRANSPORT_STREAM prefix: mark the stream as
-            # already inside one, so its bytes surface as WebTransportStreamDataReceived.
-            with self._get_or_create_stream(stream_id) as stream:
-                stream.frame_type = FrameType.WEBTRANSPORT_STREAM
-                stream.session_id = session_id
-        return stream_id
-
-    def forget_stream(self, stream_id: int) -> None:
-        """Drop the HTTP/3 state of a finished WebTransport stream."""
-        self._stream.pop(stream_id, None)
-
-    def peer_accepts_datagrams(self) -> bool:
-        settings = self.received_settings
-        return (
-            settings is not None
-            and settings.get(Setting.H3_DATAGRAM) == 1
-            and self._quic._remote_max_datagram_frame_size is not None
-        )
 
 
 @implementer(ITransportSession)
@@ -160,12 +138,18 @@ class WebTransportSession(QuicSessionBase):
         self.session_id = session_id
         self._application = application
         self._h3 = application.h3
-        self._prefix = 2 + len(encode_uint_var(session_id))
-        self._quarter_id_size = len(encode_uint_var(session_id // 4))
+        self._uni_prefix = encode_varint(_WT_UNI_STREAM_TYPE) + encode_varint(session_id)
+        self._bidi_prefix = encode_varint(_WT_BIDI_SIGNAL) + encode_varint(session_id)
+        self._quarter_id_size = len(encode_varint(session_id // 4))
 
     @property
     def supports_datagrams(self) -> bool:
-        return self._h3.peer_accepts_datagrams()
+        settings = self._h3.received_settings
+        return (
+            settings is not None
+            and settings.get(SETTINGS_H3_DATAGRAM) == 1
+            and self._stack.remote_max_datagram_frame_size(self._quic) is not None
+        )
 
     def close(self, code: int, reason: str) -> None:
         if self.closed:
@@ -173,14 +157,15 @@ class WebTransportSession(QuicSessionBase):
         self._application.send_close(code, reason)
         self._close_locally(code, reason)
 
-    def _new_stream_id(self, unidirectional: bool) -> tuple[int, int]:
-        stream_id = self._h3.create_webtransport_stream(
-            self.session_id, is_unidirectional=unidirectional
-        )
-        return stream_id, self._prefix
+    def _stream_prefix(self, unidirectional: bool) -> bytes:
+        return self._uni_prefix if unidirectional else self._bidi_prefix
+
+    def _stream_opened_locally(self, stream_id: int, unidirectional: bool) -> None:
+        if not unidirectional:
+            self._stack.h3_mark_webtransport_stream(self._h3, stream_id, self.session_id)
 
     def _send_datagram_frame(self, data: bytes) -> None:
-        self._h3.send_datagram(self.session_id, data)
+        self._stack.h3_send_datagram(self._h3, self.session_id, data)
 
     def _datagram_overhead(self) -> int:
         return self._quarter_id_size
@@ -193,7 +178,7 @@ class WebTransportSession(QuicSessionBase):
         return 0 if code is None else code
 
     def _stream_forgotten(self, stream_id: int) -> None:
-        self._h3.forget_stream(stream_id)
+        self._stack.h3_forget_stream(self._h3, stream_id)
 
 
 class WebTransportApplication:
@@ -210,8 +195,9 @@ class WebTransportApplication:
     ) -> None:
         self._connection = connection
         self._quic = connection.quic
+        self._stack = connection.endpoint.stack
         self._reactor = connection.endpoint.reactor
-        self.h3 = WebTransportH3Connection(connection.quic)
+        self.h3 = self._stack.h3_connection(connection.quic, BROWSER_SETTINGS)
         self._path = path
         self._authority = authority
         self._low_water = low_water
@@ -228,7 +214,7 @@ class WebTransportApplication:
             return
         stream_id = self._quic.get_next_available_stream_id()
         self._connect_stream_id = stream_id
-        self.h3.send_headers(
+        self._send_headers(
             stream_id,
             [
                 (b":method", b"CONNECT"),
@@ -239,15 +225,15 @@ class WebTransportApplication:
                 (b"sec-webtransport-http3-draft02", b"1"),
             ],
         )
-        self._connection.schedule_flush()
 
-    def quic_event(self, event: quic_events.QuicEvent) -> None:
+    def quic_event(self, event: Any) -> None:
         session = self.session
+        stack = self._stack
         if session is not None:
-            if isinstance(event, quic_events.StreamReset | quic_events.StopSendingReceived):
+            if isinstance(event, stack.StreamReset | stack.StopSendingReceived):
                 if event.stream_id == session.session_id:
                     self._peer_closed(0, "CONNECT stream closed")
-                elif isinstance(event, quic_events.StreamReset):
+                elif isinstance(event, stack.StreamReset):
                     session.on_stream_reset(event.stream_id, event.error_code)
                 else:
                     session.on_stop_sending(event.stream_id, event.error_code)
@@ -265,35 +251,44 @@ class WebTransportApplication:
 
     # -- HTTP/3 events ---------------------------------------------------------------------
 
-    def _h3_event(self, event: H3Event) -> None:
+    def _h3_event(self, event: Any) -> None:
         session = self.session
-        if isinstance(event, WebTransportStreamDataReceived):
+        stack = self._stack
+        if isinstance(event, stack.H3WebTransportStreamDataReceived):
             if session is not None and event.session_id == session.session_id:
                 session.on_stream_data(event.stream_id, event.data, event.stream_ended)
-        elif isinstance(event, DatagramReceived):
-            if session is not None and event.stream_id == session.session_id:
+        elif isinstance(event, stack.H3DatagramReceived):
+            if session is not None and stack.h3_datagram_session_id(event) == session.session_id:
                 session.on_datagram(event.data)
-        elif isinstance(event, DataReceived):
+        elif isinstance(event, stack.H3DataReceived):
             if session is not None and event.stream_id == session.session_id:
                 self._connect_stream_data(event.data, event.stream_ended)
-        elif isinstance(event, HeadersReceived):
+        elif isinstance(event, stack.H3HeadersReceived):
             if self._connection.is_client:
                 self._response(event)
             else:
                 self._request(event)
 
-    def _request(self, event: HeadersReceived) -> None:
+    def _send_headers(
+        self, stream_id: int, headers: list[tuple[bytes, bytes]], end_stream: bool = False
+    ) -> None:
+        try:
+            self.h3.send_headers(stream_id, headers, end_stream=end_stream)
+        except self._stack.CONNECTION_ERRORS:
+            return
+        self._connection.schedule_flush()
+
+    def _request(self, event: Any) -> None:
         headers = dict(event.headers)
         method = headers.get(b":method")
         if method == b"CONNECT" and headers.get(b":protocol") == b"webtransport":
             if self.session is not None:
                 self._answer(event.stream_id, b"429")
                 return
-            self.h3.send_headers(
+            self._send_headers(
                 event.stream_id,
                 [(b":status", b"200"), (b"sec-webtransport-http3-draft", b"draft02")],
             )
-            self._connection.schedule_flush()
             self.session = self._new_session(
                 event.stream_id,
                 path=headers.get(b":path", b"").decode(errors="replace"),
@@ -306,10 +301,9 @@ class WebTransportApplication:
             self._answer(event.stream_id, b"404")
 
     def _answer(self, stream_id: int, status: bytes) -> None:
-        self.h3.send_headers(stream_id, [(b":status", status)], end_stream=True)
-        self._connection.schedule_flush()
+        self._send_headers(stream_id, [(b":status", status)], end_stream=True)
 
-    def _response(self, event: HeadersReceived) -> None:
+    def _response(self, event: Any) -> None:
         if event.stream_id != self._connect_stream_id or self.session is not None:
             return
         status = dict(event.headers).get(b":status", b"")
@@ -326,7 +320,7 @@ class WebTransportApplication:
             attempt.fail(
                 QuicConnectError(f"WebTransport CONNECT refused: status {status.decode()}")
             )
-        self._connection.abandon(ErrorCode.H3_NO_ERROR, "session refused")
+        self._connection.abandon(H3_NO_ERROR, "session refused")
 
     def _new_session(self, session_id: int, *, path: str, authority: str) -> WebTransportSession:
         return WebTransportSession(
@@ -359,7 +353,7 @@ class WebTransportApplication:
         self._capsules = bytearray()
         if self.session is not None:
             self.session.report_closed(code, reason)
-        self._quic.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase="")
+        self._quic.close(error_code=H3_NO_ERROR, reason_phrase="")
         self._connection.schedule_flush()
 
     def send_close(self, code: int, reason: str) -> None:
@@ -371,16 +365,21 @@ class WebTransportApplication:
             )
         except Exception:
             _log.failure("could not send CLOSE_WEBTRANSPORT_SESSION")
-            self._quic.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase=reason)
+            self._quic.close(error_code=H3_NO_ERROR, reason_phrase=reason)
         if self._linger_call is None:
             self._linger_call = self._reactor.callLater(CLOSE_LINGER, self._linger_over)
 
     def _linger_over(self) -> None:
         self._linger_call = None
-        self._quic.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase="")
+        self._quic.close(error_code=H3_NO_ERROR, reason_phrase="")
         self._connection.schedule_flush()
 
     def _cancel_linger(self) -> None:
         if self._linger_call is not None and self._linger_call.active():
             self._linger_call.cancel()
         self._linger_call = None
+
+
+def quic_applications() -> dict[str, ApplicationFactory]:
+    """The ALPN map of a `QuicEndpoint` that speaks raw MoQT and WebTransport."""
+    return {ALPN_MOQT: RawQuicSession, ALPN_H3: WebTransportApplication}

@@ -19,13 +19,11 @@ from __future__ import annotations
 import json
 from collections import Counter as Tally
 from collections.abc import Iterable
-from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
-    Counter,
     PlatformCollector,
     ProcessCollector,
     generate_latest,
@@ -38,93 +36,13 @@ from twisted.web.server import Request, Site
 
 from moqrelay import __version__
 from moqrelay.auth import redact
-from moqrelay.wire import control as c
-from moqrelay.wire.errors import (
-    FetchErrorCode,
-    NamespaceErrorCode,
-    PublishDoneCode,
-    PublishErrorCode,
-    SessionErrorCode,
-    SubscribeErrorCode,
-    SubscribeNamespaceErrorCode,
-)
+from moqrelay.counters import EVENT_COUNTERS, TRANSPORTS
 
 if TYPE_CHECKING:
     from moqrelay.relay.hub import Relay
     from moqrelay.relay.upstream import UpstreamLink
 
 DRAFT = "draft-ietf-moq-transport-14"
-
-# Event counters, process-wide (one relay per process), in no registry until a relay's
-# metrics registry takes them (`metrics_registry`).
-SESSIONS_OPENED = Counter(
-    "moqrelay_sessions_opened",
-    "MoQT sessions opened, by transport (the --announce session included).",
-    ["transport"],
-    registry=None,
-)
-SESSIONS_CLOSED = Counter(
-    "moqrelay_sessions_closed",
-    "MoQT sessions closed, by transport and termination code.",
-    ["transport", "code"],
-    registry=None,
-)
-REQUESTS_REFUSED = Counter(
-    "moqrelay_requests_refused",
-    "Requests the relay refused, by error message and code.",
-    ["message", "code"],
-    registry=None,
-)
-SUBSCRIPTIONS_ENDED = Counter(
-    "moqrelay_subscriptions_ended",
-    "PUBLISH_DONE sent, by status (TOO_FAR_BEHIND: a viewer that lagged too far).",
-    ["status"],
-    registry=None,
-)
-EVENT_COUNTERS = (SESSIONS_OPENED, SESSIONS_CLOSED, REQUESTS_REFUSED, SUBSCRIPTIONS_ENDED)
-
-# The relay's transports, exported at zero before their first session so that rates and
-# sums over them work from the start.
-TRANSPORTS = ("quic", "webtransport", "websocket")
-for _transport in TRANSPORTS:
-    SESSIONS_OPENED.labels(_transport)
-
-_REFUSALS: dict[type, tuple[str, type[IntEnum]]] = {
-    c.SubscribeError: ("SUBSCRIBE_ERROR", SubscribeErrorCode),
-    c.TrackStatusError: ("TRACK_STATUS_ERROR", SubscribeErrorCode),
-    c.FetchError: ("FETCH_ERROR", FetchErrorCode),
-    c.PublishError: ("PUBLISH_ERROR", PublishErrorCode),
-    c.PublishNamespaceError: ("PUBLISH_NAMESPACE_ERROR", NamespaceErrorCode),
-    c.SubscribeNamespaceError: ("SUBSCRIBE_NAMESPACE_ERROR", SubscribeNamespaceErrorCode),
-}
-
-
-def code_name(codes: type[IntEnum], code: int) -> str:
-    """The draft's name for ``code``, or ``other``: a label value from a bounded set."""
-    try:
-        return codes(code).name
-    except ValueError:
-        return "other"
-
-
-def session_opened(transport: str) -> None:
-    SESSIONS_OPENED.labels(transport).inc()
-
-
-def session_closed(transport: str, code: int) -> None:
-    SESSIONS_CLOSED.labels(transport, code_name(SessionErrorCode, code)).inc()
-
-
-def final_answer_sent(msg: c.ControlMessage) -> None:
-    """A request's final answer went out: count it if it refuses or ends the request."""
-    if isinstance(msg, c.PublishDone):
-        SUBSCRIPTIONS_ENDED.labels(code_name(PublishDoneCode, msg.status_code)).inc()
-        return
-    refusal = _REFUSALS.get(type(msg))
-    if refusal is not None:
-        message, codes = refusal
-        code: int = getattr(msg, "error_code", -1)
-        REQUESTS_REFUSED.labels(message, code_name(codes, code)).inc()
 
 
 class ServedRelay(Protocol):

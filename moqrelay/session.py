@@ -24,7 +24,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from moqrelay import metrics
+from moqrelay import counters
 from moqrelay.transport.interfaces import (
     ISessionHandler,
     IStream,
@@ -214,7 +214,7 @@ class MoqtSession:
             self.limits.setup_timeout, self._setup_timed_out
         )
         self.app: SessionApp = app_factory(self)
-        metrics.session_opened(transport.transport_name)
+        counters.session_opened(transport.transport_name)
         if self.is_client:
             self._control = transport.open_bidi_stream()
             self._control.set_receiver(_ControlReceiver(self))
@@ -238,7 +238,7 @@ class MoqtSession:
             return
         self._write_control(msg)
         if isinstance(msg, _FINAL_ANSWERS):
-            metrics.final_answer_sent(msg)
+            counters.final_answer_sent(msg)
             self._request_completed()
 
     def _write_control(self, msg: c.ControlMessage) -> None:
@@ -329,7 +329,7 @@ class MoqtSession:
         self.closed = True
         self.close_code = code
         self.close_reason = reason
-        metrics.session_closed(self.transport.transport_name, code)
+        counters.session_closed(self.transport.transport_name, code)
         if self._setup_timer is not None and self._setup_timer.active():
             self._setup_timer.cancel()
         self._setup_timer = None

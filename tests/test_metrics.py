@@ -20,7 +20,6 @@ from twisted.web.client import Agent, readBody
 from moqrelay.metrics import (
     DRAFT,
     ServedRelay,
-    code_name,
     metrics_registry,
     status,
 )
@@ -30,7 +29,6 @@ from moqrelay.relay.upstream import UpstreamLink
 from moqrelay.service import RelayService
 from moqrelay.testing import MemorySession
 from moqrelay.transport.interfaces import HandlerFactory, ITransportSession
-from moqrelay.wire.errors import SessionErrorCode
 from tests.helpers import MemoryRelay, Recorder, settle
 from tests.live import CHAIN, NS, RelayFixture, wait_until
 
@@ -164,10 +162,6 @@ class CollectorTests(SynchronousTestCase):
             value(after, name, status="TRACK_ENDED") - value(before, name, status="TRACK_ENDED"),
             2,
         )
-
-    def test_labels_are_bounded(self) -> None:
-        self.assertEqual(code_name(SessionErrorCode, 0x3), "PROTOCOL_VIOLATION")
-        self.assertEqual(code_name(SessionErrorCode, 0xDEAD), "other")
 
     def test_process_metrics_too(self) -> None:
         samples = self.scrape()

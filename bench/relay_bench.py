@@ -25,7 +25,7 @@ WORKLOAD is one of:
   until the relay has reaped them (polled from the runner's ``GET /stats``) and the p99
   latency of 10 viewers that stay, during the teardown, against their quiet p99.
 - ``peer``: aiomoqt's relay against ours, both driven by aiomoqt's pub_bench and
-  sub_bench (needs /work/interop-venv/bin/python or $MOQRELAY_INTEROP_PYTHON).
+  sub_bench (needs $MOQRELAY_INTEROP_PYTHON, or .interop-venv in the repository).
 - ``all``: every workload above with its defaults, fanout and latency with ``--baseline``.
 
 The relay runs in its own process (bench/relay_runner.py, a fresh one for every
@@ -1226,7 +1226,6 @@ def interop_python() -> str | None:
     for candidate in (
         os.environ.get("MOQRELAY_INTEROP_PYTHON"),
         str(REPO / ".interop-venv/bin/python"),
-        "/work/interop-venv/bin/python",
     ):
         if candidate and os.access(candidate, os.X_OK):
             return candidate

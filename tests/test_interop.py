@@ -3,8 +3,8 @@
 A RelayService listens on 127.0.0.1 (ephemeral ports); aiomoqt's command-line
 tools run as subprocesses of an interpreter that has aiomoqt installed:
 ``$MOQRELAY_INTEROP_PYTHON``, else ``.interop-venv/bin/python`` in the
-repository, else ``/work/interop-venv/bin/python``. Without one, every test is
-skipped. Each subprocess runs in a temporary directory with ``python -P``
+repository (which .ci/run builds). Without one, every test is skipped. Each
+subprocess runs in a temporary directory with ``python -P``
 (aiomoqt's ``types.py`` would shadow the standard library's), under a hard
 timeout, and is killed and reaped when its test ends. The relay runs on aioquic
 in the test cases here and on qh3 in their ``...Qh3Tests`` subclasses; those are
@@ -37,10 +37,7 @@ from tests.live import RelayFixture, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PYTHON = "MOQRELAY_INTEROP_PYTHON"
-DEFAULT_PYTHONS = (
-    REPO_ROOT / ".interop-venv" / "bin" / "python",
-    Path("/work/interop-venv/bin/python"),
-)
+DEFAULT_PYTHONS = (REPO_ROOT / ".interop-venv" / "bin" / "python",)
 INSTALL = (
     "python3.12 -m venv .interop-venv && .interop-venv/bin/pip install aiomoqt==0.13.3 "
     f"(in {REPO_ROOT}), or point ${ENV_PYTHON} at a Python >= 3.12 that has aiomoqt"

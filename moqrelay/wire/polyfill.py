@@ -11,9 +11,9 @@ boundary ends the frame and WebSocket keeps everything in order.
     0x05 STOP_SENDING       stream id, error code
     0x1D APPLICATION_CLOSE  error code, reason = rest of the message (UTF-8)
 
-See ``/work/shared/reference/webtransport-over-websocket.md`` for the handshake,
-the stream id rules and a real capture. This module only converts frames to
-bytes and back; the stream state machine lives in `moqrelay.transport.websocket`.
+See ``../shared/reference/webtransport-over-websocket.md`` (from the project root) for
+the handshake, the stream id rules and a real capture. This module only converts frames
+to bytes and back; the stream state machine lives in `moqrelay.transport.websocket`.
 """
 
 from __future__ import annotations

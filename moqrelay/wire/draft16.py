@@ -66,6 +66,8 @@ from moqrelay.wire.control import (
     _read_filter,
     _read_location,
     _read_reason,
+    _RequestError,
+    _RequestIdOnly,
 )
 from moqrelay.wire.errors import KeyValueFormattingError, ProtocolViolation
 from moqrelay.wire.varint import NeedMoreData, Reader, encode_varint, truncation_is_violation
@@ -528,42 +530,17 @@ class NamespaceDoneMessage(_NamespaceSuffix):
 
 
 @dataclass(slots=True)
-class PublishNamespaceDone16:
+class PublishNamespaceDone16(_RequestIdOnly):
     """PUBLISH_NAMESPACE_DONE (0x09, §9.23) in draft-16: names the request, not the namespace."""
 
     TYPE: ClassVar[int] = 0x09
 
-    request_id: int
-
-    def encode_payload(self) -> bytes:
-        return encode_varint(self.request_id)
-
-    @classmethod
-    def decode_payload(cls, r: Reader) -> Self:
-        return cls(r.varint())
-
 
 @dataclass(slots=True)
-class PublishNamespaceCancel16:
+class PublishNamespaceCancel16(_RequestError):
     """PUBLISH_NAMESPACE_CANCEL (0x0C, §9.25) in draft-16: Request ID, REQUEST_ERROR code."""
 
     TYPE: ClassVar[int] = 0x0C
-
-    request_id: int
-    error_code: int
-    reason: str
-
-    def encode_payload(self) -> bytes:
-        out = bytearray(encode_varint(self.request_id))
-        out += encode_varint(self.error_code)
-        _encode_reason(out, self.reason)
-        return bytes(out)
-
-    @classmethod
-    def decode_payload(cls, r: Reader) -> Self:
-        request_id = r.varint()
-        error_code = r.varint()
-        return cls(request_id, error_code, _read_reason(r))
 
 
 _SUBSCRIBE_NAMESPACE_PARAMS = frozenset({PARAM_AUTHORIZATION_TOKEN, PARAM_FORWARD})

@@ -16,7 +16,7 @@ error, not a peer's.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, NamedTuple, Self, TypeAlias
+from typing import ClassVar, Generic, NamedTuple, Self, TypeAlias, TypeVar
 
 from moqrelay.wire.errors import KeyValueFormattingError, ProtocolViolation
 from moqrelay.wire.varint import NeedMoreData, Reader, encode_varint, truncation_is_violation
@@ -55,6 +55,7 @@ __all__ = [
     "FetchCancel",
     "FetchError",
     "FetchOk",
+    "FramedMessageDecoder",
     "GoAway",
     "Location",
     "MaxRequestId",
@@ -123,6 +124,8 @@ MAX_REASON_PHRASE = 1024
 MAX_GOAWAY_URI = 8192
 MAX_KVP_BYTES = 0xFFFF
 _MAX_CONTROL_PAYLOAD = 0xFFFF
+# The message type a FramedMessageDecoder returns (each draft has its own union).
+M = TypeVar("M")
 
 
 class Location(NamedTuple):
@@ -1154,12 +1157,14 @@ def _decode_framed(msg_type: int, r: Reader) -> ControlMessage:
     return msg
 
 
-class ControlStreamDecoder:
-    """Reassemble and decode control messages from a control stream.
+class FramedMessageDecoder(Generic[M]):
+    """Reassemble and decode type-and-length framed control messages from a stream.
 
     Feed it bytes split anywhere; it returns every message completed by the feed.
     It holds at most one incomplete message between feeds. Once it has raised a
-    ProtocolViolation it is dead: every later feed raises the same exception.
+    ProtocolViolation it is dead: every later feed raises the same exception. A
+    draft's decoder says which types it knows (`_check_type`) and decodes one
+    message's payload (`_decode`); the framing is the same in every draft.
     """
 
     __slots__ = ("_buf", "_error", "_max_message_size")
@@ -1169,21 +1174,26 @@ class ControlStreamDecoder:
         self._buf = bytearray()
         self._error: ProtocolViolation | None = None
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[ControlMessage]:
+    def _check_type(self, msg_type: int) -> None:
+        raise NotImplementedError
+
+    def _decode(self, msg_type: int, r: Reader) -> M:
+        raise NotImplementedError
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[M]:
         """Add bytes from the stream; return the messages they complete, in order."""
         if self._error is not None:
             raise self._error
         buf = self._buf
         buf += data
-        messages: list[ControlMessage] = []
+        messages: list[M] = []
         pos = 0
         try:
             while pos < len(buf):
                 r = Reader(buf, pos)
                 try:
                     msg_type = r.varint()
-                    if msg_type not in MESSAGE_TYPES:
-                        raise ProtocolViolation(f"unknown control message type 0x{msg_type:x}")
+                    self._check_type(msg_type)
                     length = r.uint16()
                 except NeedMoreData:
                     break
@@ -1192,7 +1202,7 @@ class ControlStreamDecoder:
                 end = r.pos + length
                 if end > len(buf):
                     break
-                messages.append(_decode_framed(msg_type, Reader(buf, r.pos, end)))
+                messages.append(self._decode(msg_type, Reader(buf, r.pos, end)))
                 pos = end
         except ProtocolViolation as exc:
             self._error = exc
@@ -1201,3 +1211,16 @@ class ControlStreamDecoder:
         if pos:
             del buf[:pos]
         return messages
+
+
+class ControlStreamDecoder(FramedMessageDecoder[ControlMessage]):
+    """Reassemble and decode draft-14 control messages from a control stream."""
+
+    __slots__ = ()
+
+    def _check_type(self, msg_type: int) -> None:
+        if msg_type not in MESSAGE_TYPES:
+            raise ProtocolViolation(f"unknown control message type 0x{msg_type:x}")
+
+    def _decode(self, msg_type: int, r: Reader) -> ControlMessage:
+        return _decode_framed(msg_type, r)

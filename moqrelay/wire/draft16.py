@@ -42,6 +42,7 @@ from moqrelay.wire.control import (
     Fetch,
     FetchCancel,
     FetchOk,
+    FramedMessageDecoder,
     GoAway,
     Location,
     MaxRequestId,
@@ -1101,7 +1102,7 @@ def _decode_framed(msg_type: int, r: Reader) -> ControlMessage16:
     return msg
 
 
-class ControlStreamDecoder16:
+class ControlStreamDecoder16(FramedMessageDecoder[ControlMessage16]):
     """Reassemble and decode draft-16 control messages (the control stream, or a
     SUBSCRIBE_NAMESPACE stream), fed bytes split anywhere.
 
@@ -1109,41 +1110,10 @@ class ControlStreamDecoder16:
     feed completes and, once it has raised a ProtocolViolation, raises it again.
     """
 
-    __slots__ = ("_buf", "_error", "_max_message_size")
+    __slots__ = ()
 
-    def __init__(self, max_message_size: int = _MAX_CONTROL_PAYLOAD) -> None:
-        self._max_message_size = max_message_size
-        self._buf = bytearray()
-        self._error: ProtocolViolation | None = None
+    def _check_type(self, msg_type: int) -> None:
+        _check_type(msg_type)
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[ControlMessage16]:
-        """Add bytes from the stream; return the messages they complete, in order."""
-        if self._error is not None:
-            raise self._error
-        buf = self._buf
-        buf += data
-        messages: list[ControlMessage16] = []
-        pos = 0
-        try:
-            while pos < len(buf):
-                r = Reader(buf, pos)
-                try:
-                    msg_type = r.varint()
-                    _check_type(msg_type)
-                    length = r.uint16()
-                except NeedMoreData:
-                    break
-                if length > self._max_message_size:
-                    raise ProtocolViolation(f"control message of {length} bytes is too long")
-                end = r.pos + length
-                if end > len(buf):
-                    break
-                messages.append(_decode_framed(msg_type, Reader(buf, r.pos, end)))
-                pos = end
-        except ProtocolViolation as exc:
-            self._error = exc
-            buf.clear()
-            raise
-        if pos:
-            del buf[:pos]
-        return messages
+    def _decode(self, msg_type: int, r: Reader) -> ControlMessage16:
+        return _decode_framed(msg_type, r)

@@ -32,6 +32,7 @@ from moqrelay.session import MoqtSession, SessionLimits
 from moqrelay.tls import CertificateChain, CertificateError, load_chain
 from moqrelay.transport.connect import open_transport
 from moqrelay.transport.interfaces import HandlerFactory, ISessionHandler, ITransportSession
+from moqrelay.transport.qlog import QlogDirectory
 from moqrelay.transport.quic import QuicEndpoint
 from moqrelay.transport.quicstack import DEFAULT_STACK, load_quic_stack
 from moqrelay.transport.udp import listen_udp
@@ -226,6 +227,8 @@ class RelayService(MultiService):
         stop_signals: bool = False,
         metrics: str | None = None,
         quic_stack: str = DEFAULT_STACK,
+        qlog_dir: str | None = None,
+        qlog_max_files: int = 100,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -277,6 +280,7 @@ class RelayService(MultiService):
             low_water=config.max_queued_bytes // 4,
             applications=quic_applications(),
             stack=load_quic_stack(quic_stack),
+            qlog=QlogDirectory(qlog_dir, qlog_max_files) if qlog_dir is not None else None,
         )
         self.quic_service = _QuicService(reactor, host, port, self.quic, udp_buffer)
         self.quic_service.setServiceParent(self)

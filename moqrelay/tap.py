@@ -117,6 +117,20 @@ class Options(usage.Options):
             "/healthz and /status. Off by default; keep it off the public network.",
         ],
         [
+            "qlog-dir",
+            None,
+            None,
+            "Write one qlog file per QUIC connection here (an existing directory). For "
+            "diagnosing: it costs CPU for every packet.",
+        ],
+        [
+            "qlog-max-files",
+            None,
+            100,
+            "qlog files kept in --qlog-dir; each new one removes the oldest.",
+            _positive(int, "qlog-max-files"),
+        ],
+        [
             "bind",
             "b",
             None,
@@ -340,6 +354,9 @@ class Options(usage.Options):
         for endpoint in self["listen"]:
             if ":" not in endpoint:
                 raise usage.UsageError(f"--listen: {endpoint!r} is not an endpoint string")
+        qlog_dir = self["qlog-dir"]
+        if qlog_dir is not None and not os.path.isdir(qlog_dir):
+            raise usage.UsageError(f"--qlog-dir: {qlog_dir!r} is not a directory")
         metrics = self["metrics"]
         if metrics is not None:
             try:
@@ -418,4 +435,6 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
         cert_paths=list(zip(options["tls-cert"], options["tls-key"], strict=True)),
         stop_signals=stop_signals,
         metrics=options["metrics"],
+        qlog_dir=options["qlog-dir"],
+        qlog_max_files=options["qlog-max-files"],
     )

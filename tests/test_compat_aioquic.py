@@ -92,6 +92,8 @@ class PrivatesTests(SynchronousTestCase):
             "_remote_max_datagram_frame_size",
             "_max_datagram_size",
             "_remote_max_idle_timeout",
+            "_quic_logger",
+            "_configuration",
         ):
             self.assertTrue(hasattr(quic, name), name)
         self.assertTrue(hasattr(quic.tls, "_peer_certificate"))

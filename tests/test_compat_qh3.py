@@ -51,6 +51,7 @@ class PrivatesTests(SynchronousTestCase):
         quic = client_connection("qh3")
         for name in ("_core", "_quic_logger", "_remote_max_datagram_frame_size", "_tls"):
             self.assertTrue(hasattr(quic, name), name)
+        self.assertTrue(callable(quic._end_trace))
         self.assertTrue(callable(quic._core.poll_transmit))
         self.assertTrue(hasattr(quic._tls, "remote_transport_parameters"))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, cast
 
 from twisted.internet import reactor
@@ -34,6 +35,8 @@ class ConfigFileTests(SynchronousTestCase):
             self.certs.append(self.write(chain.cert_pem))
             self.keys.append(self.write(chain.key_pem))
         self.secret = self.write(b"s" * 32)
+        self.qlog_dir = self.mktemp()
+        os.makedirs(self.qlog_dir)
 
     def write(self, data: bytes) -> str:
         path = str(self.mktemp())
@@ -59,6 +62,7 @@ class ConfigFileTests(SynchronousTestCase):
             "announce-fingerprint": "ab" * 32,
             "auth-key": self.secret,
             "metrics": "tcp:0:interface=127.0.0.1",
+            "qlog-dir": self.qlog_dir,
             "tls-cert": self.certs,
             "tls-key": self.keys,
             "allowed-origin": ["https://a.example", "https://b.example"],

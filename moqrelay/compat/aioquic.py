@@ -47,6 +47,7 @@ from aioquic.quic.events import (
 from aioquic.quic.events import (
     StreamReset as StreamReset,
 )
+from aioquic.quic.logger import QuicFileLogger, QuicLoggerTrace
 from aioquic.quic.packet import (
     QuicPacketType,
     encode_quic_retry,
@@ -266,3 +267,27 @@ def h3_datagram_session_id(event: Any) -> int:
     """aioquic reports an HTTP datagram by the session (CONNECT stream) id."""
     session_id: int = event.stream_id
     return session_id
+
+
+def qlog_file_logger() -> type[Any]:
+    """aioquic's logger that writes one qlog file per connection, ``<ODCID hex>.qlog``."""
+    return QuicFileLogger
+
+
+def trace_odcid(trace: QuicLoggerTrace) -> bytes:
+    """The original destination connection id a qlog trace is named after (private)."""
+    odcid: bytes = trace._odcid
+    return odcid
+
+
+def end_qlog_trace(quic: QuicConnection) -> None:
+    """Write the connection's qlog trace now, if it has one still open (private).
+
+    aioquic ends a trace only once the connection has drained; the adapter forgets a
+    connection as soon as it is closed, so it ends the trace itself.
+    """
+    trace = quic._quic_logger
+    logger = quic._configuration.quic_logger
+    if trace is not None and logger is not None:
+        quic._quic_logger = None
+        logger.end_trace(trace)

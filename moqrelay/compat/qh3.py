@@ -54,6 +54,7 @@ from qh3.quic.events import (
 from qh3.quic.events import (
     StreamReset as StreamReset,
 )
+from qh3.quic.logger import QuicFileLogger, QuicLoggerTrace
 from qh3.quic.packet import (
     QuicPacketType,
     encode_quic_retry,
@@ -294,3 +295,24 @@ def h3_send_datagram(h3: Any, session_id: int, data: bytes) -> None:
 def h3_datagram_session_id(event: Any) -> int:
     flow_id: int = event.flow_id
     return flow_id * 4
+
+
+def qlog_file_logger() -> type[Any]:
+    """qh3's logger that writes one qlog file per connection, ``<ODCID hex>.qlog``."""
+    return QuicFileLogger
+
+
+def trace_odcid(trace: QuicLoggerTrace) -> bytes:
+    """The original destination connection id a qlog trace is named after (private)."""
+    odcid: bytes = trace._odcid
+    return odcid
+
+
+def end_qlog_trace(quic: QuicConnection) -> None:
+    """Write the connection's qlog trace now, if it has one still open (private).
+
+    qh3 ends a trace only when its core reports the connection terminated, after the
+    drain; the adapter forgets a connection as soon as it is closed, so it ends the
+    trace itself.
+    """
+    quic._end_trace()

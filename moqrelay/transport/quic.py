@@ -41,6 +41,7 @@ from moqrelay.transport.interfaces import (
     IStreamReceiver,
     ITransportSession,
 )
+from moqrelay.transport.qlog import QlogDirectory
 from moqrelay.transport.quicstack import DEFAULT_STACK, QuicStack, load_quic_stack
 from moqrelay.transport.udp import BatchDatagramProtocol, listen_udp, write_datagrams
 
@@ -689,9 +690,12 @@ class QuicEndpoint(BatchDatagramProtocol):
         high_water: int = 1024 * 1024,
         applications: Mapping[str, ApplicationFactory] | None = None,
         stack: QuicStack | None = None,
+        qlog: QlogDirectory | None = None,
     ) -> None:
         self.reactor = reactor
         self.stack = stack if stack is not None else load_quic_stack(DEFAULT_STACK)
+        # One logger for every connection served (None: no qlog).
+        self._quic_logger = qlog.logger(self.stack) if qlog is not None else None
         self._applications: dict[str, ApplicationFactory] = dict(
             applications if applications is not None else {ALPN_MOQT: RawQuicSession}
         )
@@ -728,7 +732,7 @@ class QuicEndpoint(BatchDatagramProtocol):
             self._server_configuration = self._make_server_configuration(chains[0])
 
     def _make_server_configuration(self, chain: CertificateChain) -> Any:
-        return self.stack.server_configuration(
+        configuration = self.stack.server_configuration(
             chain.cert_pem,
             chain.key_pem,
             alpn_protocols=list(self._applications),
@@ -736,6 +740,8 @@ class QuicEndpoint(BatchDatagramProtocol):
             max_datagram_frame_size=self.max_datagram_frame_size,
             connection_id_length=CONNECTION_ID_LENGTH,
         )
+        configuration.quic_logger = self._quic_logger
+        return configuration
 
     # -- UDP side ------------------------------------------------------------------------
 
@@ -1058,6 +1064,8 @@ class QuicEndpoint(BatchDatagramProtocol):
         if connection.timer is not None and connection.timer.active():
             connection.timer.cancel()
         connection.timer = None
+        if self._quic_logger is not None:
+            self.stack.end_qlog_trace(connection.quic)
         attempt, connection.attempt = connection.attempt, None
         if attempt is not None:
             attempt.fail(QuicConnectError(f"connection failed: {reason or 'closed'} (0x{code:x})"))

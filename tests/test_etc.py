@@ -15,17 +15,26 @@ import tomllib
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.defer import Deferred
 from twisted.scripts._twistd_unix import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase
 
 from moqrelay import tap
 from moqrelay.configfile import file_arguments
+from moqrelay.metrics import metrics_registry
+from moqrelay.relay.upstream import UpstreamLink
 from moqrelay.tls import generate_dev_chain
+from moqrelay.transport.interfaces import HandlerFactory, ITransportSession
+from tests.helpers import MemoryRelay
+from tests.test_metrics import Served
 
 ETC = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "etc")
 UNIT = os.path.join(ETC, "moqrelay.service")
 EXAMPLE = os.path.join(ETC, "moqrelay.conf.example")
 README = os.path.join(ETC, "README.md")
+DASHBOARD = os.path.join(ETC, "grafana-dashboard.json")
 INSTALLED_CONF = "/etc/moqrelay/moqrelay.conf"
 CERT_PATH = "/etc/moqrelay/fullchain.pem"
 TOKEN_KEY_PATH = "/etc/moqrelay/token-public.pem"
@@ -220,3 +229,40 @@ class HelperTests(SynchronousTestCase):
     def test_parse_unit_refuses_nonsense(self) -> None:
         self.assertRaises(ValueError, parse_unit, "Key=value\n")
         self.assertEqual(parse_unit("[A]\n# c\nK=1\nK=2\n"), {"A": {"K": ["1", "2"]}})
+
+
+def _never_connect(url: str, factory: HandlerFactory) -> Deferred[ITransportSession]:
+    raise AssertionError("the dashboard test never connects")
+
+
+class DashboardTests(SynchronousTestCase):
+    """etc/grafana-dashboard.json: every expression names a metric the relay exports."""
+
+    def exported(self) -> set[str]:
+        world = MemoryRelay()
+        # Never started: only its figures are read.
+        link = UpstreamLink(world.clock, world.relay, "wss://127.0.0.1:1/", _never_connect)
+        served = Served(world.relay, upstream=link)
+        text = generate_latest(metrics_registry(served)).decode()
+        names: set[str] = set()
+        for family in text_string_to_metric_families(text):
+            names.add(family.name)
+            if family.type == "counter":
+                names.add(family.name + "_total")
+            names.update(sample.name for sample in family.samples)
+        return names
+
+    def test_every_expression_names_an_exported_metric(self) -> None:
+        with open(DASHBOARD) as f:
+            dashboard = json.load(f)
+        exported = self.exported()
+        expressions = [
+            target["expr"] for panel in dashboard["panels"] for target in panel["targets"]
+        ]
+        self.assertGreater(len(expressions), 10)
+        used = set()
+        for expr in expressions:
+            for name in re.findall(r"\b(?:moqrelay|process)_[a-z_]+\b", expr):
+                used.add(name)
+                self.assertIn(name, exported, expr)
+        self.assertIn("moqrelay_sessions_opened_total", used)

@@ -222,8 +222,8 @@ class NoLoopTests(SynchronousTestCase):
         self.successResultOf(d)
         # A announced it to B; B did not send it back to A.
         self.assertIn(NS, b.namespaces)
-        self.assertTrue(a.namespaces.owner(NS) is not None)
-        self.assertFalse(a.namespaces.owner(NS).is_relay)  # type: ignore[union-attr]
+        (owner,) = a.namespaces.owners(NS)
+        self.assertFalse(owner.is_relay)
         viewer = client(b)
         d2 = viewer.subscribe((b"unknown",), b"t", Recorder())
         settle(clock)

@@ -37,8 +37,9 @@ def format_namespace(namespace: Namespace) -> str:
 class NamespaceRegistry(Generic[Owner]):
     """Announced namespaces to their publishers (oldest first), looked up by longest prefix.
 
-    Draft-14 lets several publishers announce one namespace; the newest is the one a
-    single request (FETCH, TRACK_STATUS) goes to, and a track is subscribed to all.
+    Draft-14 lets several publishers announce one namespace; a track is subscribed to
+    all of them, and a single request (FETCH, TRACK_STATUS) goes to the newest
+    (`NamespaceDirectory.lookup`).
     """
 
     def __init__(self) -> None:
@@ -57,11 +58,6 @@ class NamespaceRegistry(Generic[Owner]):
     def owners(self, namespace: Namespace) -> list[Owner]:
         """The publishers of exactly ``namespace``, oldest first."""
         return list(self._owners.get(namespace, ()))
-
-    def owner(self, namespace: Namespace) -> Owner | None:
-        """The newest publisher of exactly ``namespace``."""
-        owners = self._owners.get(namespace)
-        return owners[-1] if owners else None
 
     def add(self, namespace: Namespace, owner: Owner) -> bool:
         """Register ``owner`` for ``namespace``; False if it already is."""
@@ -94,11 +90,6 @@ class NamespaceRegistry(Generic[Owner]):
             if found:
                 return list(found)
         return []
-
-    def lookup(self, track_namespace: Namespace) -> Owner | None:
-        """The newest publisher of the longest announced prefix of ``track_namespace``."""
-        found = self.lookup_all(track_namespace)
-        return found[-1] if found else None
 
 
 def is_prefix(prefix: Namespace, namespace: Namespace) -> bool:
